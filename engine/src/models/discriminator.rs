@@ -1,0 +1,414 @@
+//! The discriminator (training only): how likely is a continuation, given its prime, to be real
+//! music rather than the generator's?
+//!
+//! Why three heads: a single pooled score is easy to satisfy locally and blind to structure.
+//! The *token* head judges the continuation as a whole; the *bar* head scores each bar on its
+//! own (so the generator gets told *which* bar is off); the *bar order* head runs the bar
+//! embeddings through a small transformer to judge whether the bars make sense in sequence. A
+//! learned linear layer fuses the three sub-scores into one logit; `sigmoid(logit)` is P(real).
+//!
+//! Layout: a token embedding; a bidirectional `prime_encoder` stack over the prime; an `encoder`
+//! stack over the continuation whose blocks also cross-attend to the encoded prime (the
+//! x-transformers `Encoder(cross_attend = True)` layout); bar embeddings are attention-weighted
+//! sums of the continuation's token states within each bar (tokens are grouped by the `Bar`
+//! token; tokens before the first `Bar` form a bar of their own); `order_encoder` is a small
+//! stack over bar embeddings with rotary positions = bar index.
+//!
+//! Sequences in a batch may have different lengths: [`DiscriminatorBatch`] pads them and
+//! carries masks, and padding never changes a sequence's scores.
+
+use candle_core::{Device, Module, Result, Tensor, D};
+use candle_nn::{Embedding, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+use super::blocks::{key_padding_mask, softmax_plain, AttentionLayers, Linear, Path, StackConfig, W_INIT};
+use super::decoder::validate_shape;
+
+fn d_depth() -> usize {
+    6
+}
+fn d_heads() -> usize {
+    8
+}
+fn d_dim_head() -> usize {
+    64
+}
+fn d_ff_mult() -> usize {
+    4
+}
+fn d_prime_depth() -> usize {
+    2
+}
+fn d_order_depth() -> usize {
+    2
+}
+fn d_bar() -> u32 {
+    3
+}
+fn d_pad() -> u32 {
+    0
+}
+
+/// The discriminator's shape (`"discriminator"` in `config.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscriminatorConfig {
+    pub dim: usize,
+    /// Continuation encoder blocks (default 6).
+    #[serde(default = "d_depth")]
+    pub depth: usize,
+    #[serde(default = "d_heads")]
+    pub heads: usize,
+    #[serde(default = "d_dim_head")]
+    pub attn_dim_head: usize,
+    #[serde(default = "d_ff_mult")]
+    pub ff_mult: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotary_emb_dim: Option<usize>,
+    /// Prime encoder blocks (default 2).
+    #[serde(default = "d_prime_depth")]
+    pub prime_depth: usize,
+    /// Bar-order transformer blocks (default 2).
+    #[serde(default = "d_order_depth")]
+    pub order_depth: usize,
+    /// Id of the `Bar` token that starts each bar (3 in the reference vocabulary).
+    #[serde(default = "d_bar")]
+    pub bar_token_id: u32,
+    /// Id used to pad sequences in a batch (`PAD_None`, 0 in MidiTok vocabularies).
+    #[serde(default = "d_pad")]
+    pub pad_token_id: u32,
+}
+
+impl DiscriminatorConfig {
+    /// The seed text's discriminator: 6 blocks × 512, 8 heads.
+    pub fn seed() -> Self {
+        Self {
+            dim: 512,
+            depth: 6,
+            heads: 8,
+            attn_dim_head: 64,
+            ff_mult: 4,
+            rotary_emb_dim: None,
+            prime_depth: 2,
+            order_depth: 2,
+            bar_token_id: 3,
+            pad_token_id: 0,
+        }
+    }
+
+    /// Companion of the `small` decoder.
+    pub fn small() -> Self {
+        Self {
+            dim: 256,
+            depth: 4,
+            heads: 4,
+            prime_depth: 1,
+            ..Self::seed()
+        }
+    }
+
+    /// For tests.
+    pub fn tiny() -> Self {
+        Self {
+            dim: 16,
+            depth: 2,
+            heads: 2,
+            attn_dim_head: 8,
+            ff_mult: 2,
+            prime_depth: 1,
+            order_depth: 1,
+            ..Self::seed()
+        }
+    }
+
+    pub fn rot_dim(&self) -> usize {
+        self.rotary_emb_dim.unwrap_or(self.attn_dim_head / 2)
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        validate_shape(
+            "discriminator",
+            self.dim,
+            self.depth,
+            self.heads,
+            self.attn_dim_head,
+            self.ff_mult,
+            self.rot_dim(),
+        )?;
+        if self.prime_depth == 0 || self.order_depth == 0 {
+            return Err("discriminator: prime_depth and order_depth must be positive".into());
+        }
+        Ok(())
+    }
+
+    fn stack(&self, depth: usize, cross_attend: bool) -> StackConfig {
+        StackConfig {
+            dim: self.dim,
+            depth,
+            heads: self.heads,
+            dim_head: self.attn_dim_head,
+            ff_inner: self.dim * self.ff_mult,
+            rot_dim: Some(self.rot_dim()),
+            causal: false,
+            cross_attend,
+            zero_init_branch_output: false,
+            final_dim: self.dim,
+        }
+    }
+}
+
+/// A padded batch of (prime, continuation) pairs ready for the discriminator.
+#[derive(Debug, Clone)]
+pub struct DiscriminatorBatch {
+    /// `(b, t_prime)` u32, padded with the pad id.
+    pub prime: Tensor,
+    /// `(b, t_prime)` f32, 1 for real tokens.
+    pub prime_mask: Tensor,
+    /// `(b, t)` u32.
+    pub continuation: Tensor,
+    /// `(b, t)` f32.
+    pub continuation_mask: Tensor,
+    /// `(b, bars, t)` f32: 1 where token `t` belongs to bar `bars`.
+    pub bar_membership: Tensor,
+    /// `(b, bars)` f32: 1 for real bars.
+    pub bar_mask: Tensor,
+    /// Number of bars of each continuation.
+    pub bars: Vec<usize>,
+}
+
+/// Bar index of every token: tokens before the first `Bar` form bar 0, each `Bar` token
+/// (except one at position 0, which opens bar 0) starts the next bar.
+pub fn bar_indices(tokens: &[u32], bar_token_id: u32) -> Vec<usize> {
+    let mut cur = 0;
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            if i > 0 && t == bar_token_id {
+                cur += 1;
+            }
+            cur
+        })
+        .collect()
+}
+
+impl DiscriminatorBatch {
+    /// Pads `primes` and `continuations` (same count, none empty) into one batch.
+    pub fn new(
+        primes: &[&[u32]],
+        continuations: &[&[u32]],
+        cfg: &DiscriminatorConfig,
+        device: &Device,
+    ) -> super::Result<Self> {
+        let b = primes.len();
+        if b == 0 || continuations.len() != b {
+            return Err(super::Error::Input(format!(
+                "discriminator batch: {b} primes and {} continuations (need the same, non-zero, count)",
+                continuations.len()
+            )));
+        }
+        if primes.iter().chain(continuations).any(|s| s.is_empty()) {
+            return Err(super::Error::Input(
+                "discriminator batch: primes and continuations must not be empty".into(),
+            ));
+        }
+        let pad = cfg.pad_token_id;
+        let (ids_p, mask_p, tp) = pad_batch(primes, pad);
+        let (ids_c, mask_c, tc) = pad_batch(continuations, pad);
+        let bar_idx: Vec<Vec<usize>> = continuations
+            .iter()
+            .map(|c| bar_indices(c, cfg.bar_token_id))
+            .collect();
+        let bars: Vec<usize> = bar_idx.iter().map(|v| v.last().map_or(0, |l| l + 1)).collect();
+        let nb = bars.iter().copied().max().unwrap_or(0);
+        let mut membership = vec![0f32; b * nb * tc];
+        let mut bar_mask = vec![0f32; b * nb];
+        for (i, idx) in bar_idx.iter().enumerate() {
+            for (t, &bar) in idx.iter().enumerate() {
+                membership[(i * nb + bar) * tc + t] = 1.0;
+            }
+            for m in &mut bar_mask[i * nb..i * nb + bars[i]] {
+                *m = 1.0;
+            }
+        }
+        Ok(Self {
+            prime: Tensor::from_vec(ids_p, (b, tp), device)?,
+            prime_mask: Tensor::from_vec(mask_p, (b, tp), device)?,
+            continuation: Tensor::from_vec(ids_c, (b, tc), device)?,
+            continuation_mask: Tensor::from_vec(mask_c, (b, tc), device)?,
+            bar_membership: Tensor::from_vec(membership, (b, nb, tc), device)?,
+            bar_mask: Tensor::from_vec(bar_mask, (b, nb), device)?,
+            bars,
+        })
+    }
+}
+
+fn pad_batch(seqs: &[&[u32]], pad: u32) -> (Vec<u32>, Vec<f32>, usize) {
+    let t = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(seqs.len() * t);
+    let mut mask = Vec::with_capacity(seqs.len() * t);
+    for s in seqs {
+        ids.extend_from_slice(s);
+        ids.extend(std::iter::repeat_n(pad, t - s.len()));
+        mask.extend(std::iter::repeat_n(1f32, s.len()));
+        mask.extend(std::iter::repeat_n(0f32, t - s.len()));
+    }
+    (ids, mask, t)
+}
+
+/// Everything the discriminator computes for a batch.
+#[derive(Debug, Clone)]
+pub struct DiscriminatorOutput {
+    /// `(b,)` fused logit; `sigmoid` gives P(real).
+    pub logit: Tensor,
+    /// `(b,)` token-level sub-score (a logit).
+    pub token_score: Tensor,
+    /// `(b,)` bar-level sub-score: mean of the per-bar scores over real bars.
+    pub bar_score: Tensor,
+    /// `(b,)` bar-order sub-score.
+    pub order_score: Tensor,
+    /// `(b, bars)` score of each bar (meaningless where `bar_mask` is 0).
+    pub bar_scores: Tensor,
+    /// `(b, bars, dim)` bar embeddings.
+    pub bar_embeddings: Tensor,
+    /// `(b, bars)` 1 for real bars.
+    pub bar_mask: Tensor,
+}
+
+impl DiscriminatorOutput {
+    /// P(real) per sequence, `(b,)`.
+    pub fn p_real(&self) -> Result<Tensor> {
+        // 1 / (1 + e^-x) from plain ops, so it is differentiable too.
+        (self.logit.neg()?.exp()? + 1.0)?.recip()
+    }
+}
+
+/// The discriminator network.
+#[derive(Debug, Clone)]
+pub struct Discriminator {
+    token_emb: Embedding,
+    prime_encoder: AttentionLayers,
+    encoder: AttentionLayers,
+    order_encoder: AttentionLayers,
+    token_head: Linear,
+    bar_attn: Linear,
+    bar_head: Linear,
+    order_head: Linear,
+    fuse: Linear,
+    cfg: DiscriminatorConfig,
+}
+
+impl Discriminator {
+    pub fn new(num_tokens: usize, cfg: &DiscriminatorConfig, vb: VarBuilder) -> Result<Self> {
+        let emb = vb.get_with_hints((num_tokens, cfg.dim), "token_emb.weight", W_INIT)?;
+        let d = cfg.dim;
+        Ok(Self {
+            token_emb: Embedding::new(emb, d),
+            prime_encoder: AttentionLayers::new(&cfg.stack(cfg.prime_depth, false), vb.pp("prime_encoder"))?,
+            encoder: AttentionLayers::new(&cfg.stack(cfg.depth, true), vb.pp("encoder"))?,
+            order_encoder: AttentionLayers::new(&cfg.stack(cfg.order_depth, false), vb.pp("order_encoder"))?,
+            token_head: Linear::new(d, 1, true, false, vb.pp("token_head"))?,
+            bar_attn: Linear::new(d, 1, true, false, vb.pp("bar_attn"))?,
+            bar_head: Linear::new(d, 1, true, false, vb.pp("bar_head"))?,
+            order_head: Linear::new(d, 1, true, false, vb.pp("order_head"))?,
+            fuse: Linear::new(3, 1, true, false, vb.pp("fuse"))?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Every tensor of `discriminator.safetensors` and its shape.
+    pub fn tensor_specs(num_tokens: usize, cfg: &DiscriminatorConfig) -> Vec<(String, Vec<usize>)> {
+        let d = cfg.dim;
+        let mut specs = vec![("token_emb.weight".to_string(), vec![num_tokens, d])];
+        for (name, depth, cross) in [
+            ("prime_encoder", cfg.prime_depth, false),
+            ("encoder", cfg.depth, true),
+            ("order_encoder", cfg.order_depth, false),
+        ] {
+            specs.extend(
+                cfg.stack(depth, cross)
+                    .tensor_specs()
+                    .into_iter()
+                    // The rotary buffer is not stored: it is not a parameter of this network.
+                    .filter(|(n, _)| !n.starts_with("rotary_pos_emb"))
+                    .map(|(n, s)| (format!("{name}.{n}"), s)),
+            );
+        }
+        for head in ["token_head", "bar_attn", "bar_head", "order_head"] {
+            specs.push((format!("{head}.weight"), vec![1, d]));
+            specs.push((format!("{head}.bias"), vec![1]));
+        }
+        specs.push(("fuse.weight".into(), vec![1, 3]));
+        specs.push(("fuse.bias".into(), vec![1]));
+        specs
+    }
+
+    pub fn config(&self) -> &DiscriminatorConfig {
+        &self.cfg
+    }
+
+    /// Builds a padded batch with this network's bar and pad ids.
+    pub fn batch(&self, primes: &[&[u32]], continuations: &[&[u32]], device: &Device) -> super::Result<DiscriminatorBatch> {
+        DiscriminatorBatch::new(primes, continuations, &self.cfg, device)
+    }
+
+    /// Scores a batch. `path` is [`Path::Plain`] when training (the fused kernels have no
+    /// gradient), [`Path::Fused`] for evaluation only.
+    pub fn forward(&self, batch: &DiscriminatorBatch, path: Path) -> Result<DiscriminatorOutput> {
+        let emb_dtype = self.token_emb.embeddings().dtype();
+        let pm = key_padding_mask(&batch.prime_mask, emb_dtype)?;
+        let cm = key_padding_mask(&batch.continuation_mask, emb_dtype)?;
+
+        let p = self.token_emb.forward(&batch.prime)?;
+        let ctx = self.prime_encoder.forward(&p, Some(&pm), None, 0, None, path)?;
+        let ctx = self.prime_encoder.final_norm().forward(&ctx, path)?;
+
+        let x = self.token_emb.forward(&batch.continuation)?;
+        let h = self.encoder.forward(&x, Some(&cm), Some((&ctx, Some(&pm))), 0, None, path)?;
+        let h = self.encoder.final_norm().forward(&h, path)?;
+
+        // Token head: masked mean of the token states.
+        let cmask = batch.continuation_mask.to_dtype(emb_dtype)?;
+        let pooled = masked_mean(&h, &cmask)?;
+        let token_score = self.token_head.forward(&pooled)?.squeeze(D::Minus1)?;
+
+        // Bar head: attention weights within each bar (additive mask keeps other bars' and
+        // padding tokens out), weighted sums of token states, one score per bar.
+        let (b, t, _) = h.dims3()?;
+        let s = self.bar_attn.forward(&h)?.reshape((b, 1, t))?;
+        let member = batch.bar_membership.to_dtype(emb_dtype)?;
+        let outside = ((&member - 1.0)? * 1e9)?;
+        let w = softmax_plain(&s.broadcast_add(&outside)?)?;
+        let w = (w * &member)?; // empty (padding) bars get all-zero weights rather than uniform
+        let bar_embeddings = w.matmul(&h)?;
+        let bmask = batch.bar_mask.to_dtype(emb_dtype)?;
+        let bar_scores = self.bar_head.forward(&bar_embeddings)?.squeeze(D::Minus1)?;
+        let bar_score = ((&bar_scores * &bmask)?.sum(D::Minus1)? / bmask.sum(D::Minus1)?)?;
+
+        // Bar order head: bar embeddings through a small bidirectional transformer.
+        let om = key_padding_mask(&batch.bar_mask, emb_dtype)?;
+        let o = self.order_encoder.forward(&bar_embeddings, Some(&om), None, 0, None, path)?;
+        let o = self.order_encoder.final_norm().forward(&o, path)?;
+        let order_score = self.order_head.forward(&masked_mean(&o, &bmask)?)?.squeeze(D::Minus1)?;
+
+        let scores = Tensor::stack(&[&token_score, &bar_score, &order_score], D::Minus1)?;
+        let logit = self.fuse.forward(&scores)?.squeeze(D::Minus1)?;
+        Ok(DiscriminatorOutput {
+            logit,
+            token_score,
+            bar_score,
+            order_score,
+            bar_scores,
+            bar_embeddings,
+            bar_mask: bmask,
+        })
+    }
+}
+
+/// Mean over dim 1 of `x` `(b, t, d)` where `mask` `(b, t)` is 1.
+fn masked_mean(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let m = mask.unsqueeze(D::Minus1)?;
+    let sum = x.broadcast_mul(&m)?.sum(1)?;
+    let n = m.sum(1)?.clamp(1.0, f64::INFINITY)?;
+    sum.broadcast_div(&n)
+}
