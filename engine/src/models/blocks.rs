@@ -129,8 +129,6 @@ impl Module for Linear {
 pub(crate) struct LayerNorm {
     /// The stored parameter (what a `state_dict` holds; trainable).
     gamma: Tensor,
-    /// `gamma + 1`, precomputed for the fused inference path.
-    gain: Tensor,
     /// Zeros, because candle's fused kernel insists on a bias.
     zero_bias: Tensor,
 }
@@ -143,12 +141,7 @@ impl LayerNorm {
 
     pub(crate) fn from_gamma(gamma: Tensor) -> Result<Self> {
         let zero_bias = gamma.zeros_like()?.detach();
-        let gain = (gamma.detach() + 1.0)?;
-        Ok(Self {
-            gamma,
-            gain,
-            zero_bias,
-        })
+        Ok(Self { gamma, zero_bias })
     }
 
     pub(crate) fn gamma(&self) -> &Tensor {
@@ -159,7 +152,10 @@ impl LayerNorm {
         let dtype = x.dtype();
         if path == Path::Fused && dtype == DType::F32 {
             let x = x.contiguous()?;
-            return candle_nn::ops::layer_norm(&x, &self.gain, &self.zero_bias, LN_EPS as f32);
+            // The gain is recomputed each call (a few hundred elements) rather than cached, so
+            // that it follows `gamma` when an optimiser updates the variable in place.
+            let gain = (&self.gamma + 1.0)?;
+            return candle_nn::ops::layer_norm(&x, &gain, &self.zero_bias, LN_EPS as f32);
         }
         // Reduced precision is normalised in f32: f16 sums of squares overflow easily.
         let internal = match dtype {
@@ -171,11 +167,7 @@ impl LayerNorm {
         let xc = x.broadcast_sub(&mean)?;
         let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = xc.broadcast_div(&(var + LN_EPS)?.sqrt()?)?;
-        let gain = match path {
-            // Recomputed from the parameter so that gamma receives its gradient.
-            Path::Plain => (self.gamma.to_dtype(internal)? + 1.0)?,
-            Path::Fused => self.gain.to_dtype(internal)?,
-        };
+        let gain = (self.gamma.to_dtype(internal)? + 1.0)?;
         normed.broadcast_mul(&gain)?.to_dtype(dtype)
     }
 }
