@@ -10,7 +10,8 @@
 //!
 //! When the adapter is narrower or wider than the decoder, `proj_in` maps into its width and a
 //! zero-initialised `proj_out` maps its stream back and adds it to the decoder's, so the
-//! pass-through still holds.
+//! pass-through still holds (the blocks then start random: with `proj_out` at zero they need not
+//! be, and a second zero layer in series would starve both of gradient).
 //!
 //! Tensor names follow an x-transformers `Decoder` stack (`attn_layers.…`) plus `to_logits`,
 //! and, for differing widths, `proj_in` / `proj_out` (no biases).
@@ -123,7 +124,9 @@ impl AdapterConfig {
             rot_dim: Some(self.rot_dim()),
             causal: true,
             cross_attend: false,
-            zero_init_branch_output: true,
+            // One zero layer on the path suffices for the pass-through; two in series would
+            // also zero each other's gradients. With `proj_out` (zero) the blocks start random.
+            zero_init_branch_output: self.dim == decoder_dim,
         }
     }
 }

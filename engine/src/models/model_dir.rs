@@ -362,7 +362,9 @@ fn load_decoder(file: &Path, cfg: &ModelConfig, dtype: DType, dev: &Device) -> R
         let found: Vec<f64> = found.to_dtype(DType::F64)?.to_vec1()?;
         let (_, expected) = &decoder.buffers()?[0];
         let expected: Vec<f64> = expected.to_dtype(DType::F64)?.to_vec1()?;
-        let tol = if dtype == DType::F32 || dtype == DType::F64 { 1e-6 } else { 1e-2 };
+        // Relative 1e-2: loose enough for a buffer saved in f16/bf16, tight enough for any
+        // other base or dimension.
+        let tol = 1e-2;
         if let Some((i, (f, e))) = found
             .iter()
             .zip(&expected)
