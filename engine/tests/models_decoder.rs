@@ -174,3 +174,22 @@ fn fused_and_plain_paths_agree_on_hidden_states() {
     let b = model.decoder.forward_hidden(&tokens, None, Path::Plain).unwrap();
     assert!(max_abs_diff(&a, &b) <= 1e-4);
 }
+
+#[test]
+fn cloned_caches_are_independent() {
+    let model = load(Precision::F32);
+    let (tokens, logits) = expected();
+    let row = tokens.i(0..1).unwrap();
+    let mut a = model.new_cache(64);
+    model.step(&row.narrow(1, 0, 20).unwrap(), &mut a).unwrap();
+    let mut b = a.clone();
+    // Interleave: a steps, branch b takes other tokens (the positions a just wrote), a steps
+    // again and must still match the reference.
+    model.step(&row.narrow(1, 20, 1).unwrap(), &mut a).unwrap();
+    let other = Tensor::new(&[[7u32, 8, 9]], &Device::Cpu).unwrap();
+    model.step(&other, &mut b).unwrap();
+    let out = model.step(&row.narrow(1, 21, 1).unwrap(), &mut a).unwrap();
+    let d = max_abs_diff(&out, &logits.i((0..1, 21..22)).unwrap());
+    assert!(d <= 1e-4, "a clone's steps leaked into the original: {d}");
+    assert_eq!((a.len(), b.len()), (22, 23));
+}

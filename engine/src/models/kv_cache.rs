@@ -11,15 +11,30 @@
 use candle_core::{Result, Tensor};
 
 /// One attention layer's cached keys and values, shape `(batch, heads, positions, dim_head)`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct LayerCache {
     inner: candle_nn::kv_cache::KvCache,
+    capacity: usize,
+}
+
+/// A deep copy: candle's cache writes new positions into its buffer in place, so a shallow
+/// clone would let two branches of a generation overwrite each other's keys.
+impl Clone for LayerCache {
+    fn clone(&self) -> Self {
+        let mut out = Self::new(self.capacity.max(self.len()));
+        if let (Ok(Some(k)), Ok(Some(v))) = (self.inner.k(), self.inner.v()) {
+            out.append(&k, &v)
+                .expect("copying a cache into a fresh one of the same shape cannot fail");
+        }
+        out
+    }
 }
 
 impl LayerCache {
     fn new(capacity: usize) -> Self {
         Self {
             inner: candle_nn::kv_cache::KvCache::new(2, capacity.max(1)),
+            capacity: capacity.max(1),
         }
     }
 
@@ -36,7 +51,8 @@ impl LayerCache {
 /// The cache of one network (decoder or adapter): one [`LayerCache`] per block plus the number
 /// of positions already processed, which is the rotary offset of the next call.
 ///
-/// A cache belongs to one batch: all sequences in it have the same length. To decode several
+/// Cloning makes an independent (deep) copy, so one prefilled prime can be continued several
+/// ways. A cache belongs to one batch: all sequences in it have the same length. To decode several
 /// variations of one prime, prefill the prime at batch 1 and [`KvCache::repeat_batch`].
 #[derive(Debug, Clone)]
 pub struct KvCache {
