@@ -1,0 +1,11 @@
+//! Continuator's engine: everything that thinks, with no plugin or GUI dependencies.
+//!
+//! The pipeline is MIDI file → [`midi::Score`] → REMI token ids ([`tokenizer`]) → models →
+//! sampling under the token [`grammar`] → ids → notes → MIDI file. Each concept lives in the
+//! module named for it.
+
+pub mod grammar;
+pub mod models;
+pub mod midi;
+pub mod time;
+pub mod tokenizer;

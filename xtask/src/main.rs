@@ -1,0 +1,61 @@
+//! `cargo xtask`: Continuator's command line.
+//!
+//! Each subcommand lives in the module named for it; this file only parses arguments and
+//! dispatches, so that commands stay independent of each other.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod tokenize;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", version, about = "Continuator: continue a MIDI phrase in its style")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the REMI tokens of a MIDI file (MidiTok 3.1.0 ids).
+    Tokenize(tokenize::Args),
+    /// Build the plugin and bundle it into target/bundled (CLAP and VST3):
+    /// `cargo xtask bundle continuator --release`.
+    Bundle {
+        /// The package to bundle, then any `cargo build` arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    // The bundler parses its own arguments (`bundle <package> [cargo build args]`), so it gets
+    // them untouched, before clap could reject a cargo flag it does not know.
+    if std::env::args().nth(1).as_deref() == Some("bundle") {
+        if let Err(err) = nice_plug_xtask::main() {
+            eprintln!("error: {err:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(err) = run(Cli::parse()) {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Tokenize(args) => tokenize::run(args),
+        Command::Bundle { args } => {
+            nice_plug_xtask::main_with_args("cargo xtask", std::iter::once("bundle".into()).chain(args))
+        }
+    }
+}
