@@ -6,6 +6,8 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod score;
 mod tokenize;
 
 #[derive(Parser)]
@@ -19,6 +21,11 @@ struct Cli {
 enum Command {
     /// Print the REMI tokens of a MIDI file (MidiTok 3.1.0 ids).
     Tokenize(tokenize::Args),
+    /// Throughput measurements over real files (see scripts/ for the Python comparisons).
+    #[command(subcommand)]
+    Bench(bench::Command),
+    /// Mean NLL per token (nats) of a MIDI file under a model (and optional style adapter).
+    Score(score::Args),
     /// Build the plugin and bundle it into target/bundled (CLAP and VST3):
     /// `cargo xtask bundle continuator --release`.
     Bundle {
@@ -54,6 +61,8 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Tokenize(args) => tokenize::run(args),
+        Command::Score(args) => score::run(args),
+        Command::Bench(command) => bench::run(command),
         Command::Bundle { args } => {
             nice_plug_xtask::main_with_args("cargo xtask", std::iter::once("bundle".into()).chain(args))
         }
