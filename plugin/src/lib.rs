@@ -11,18 +11,26 @@ use nice_plug::midi::{Channel, Key, VoiceID};
 use nice_plug::prelude::*;
 
 pub mod capture;
+pub mod continuer;
+pub mod inference;
+pub mod model;
 pub mod output;
 pub mod params;
+pub mod phrase;
 pub mod realtime;
 pub mod scheduler;
 pub mod shared;
 pub mod sounding;
+pub mod status;
 pub mod time;
 pub mod transport;
 
+use crate::capture::CapturedNote;
+use crate::inference::{Inference, InferenceThread, Knobs};
 use crate::output::{OutNote, OutQueue};
 use crate::params::ContinuatorParams;
 use crate::realtime::{Incoming, Processor, Route};
+use crate::scheduler::ScheduledNote;
 use crate::shared::Shared;
 use crate::sounding::MAX_SOUNDING;
 use crate::time::{Beats, Tempo, TimeSignature};
@@ -37,20 +45,68 @@ pub struct Continuator {
     shared: Arc<Shared>,
     processor: Processor,
     out: OutQueue<PluginNoteEvent<Self>>,
-    sample_rate: f32,
+    /// The inference thread's ends of the ring buffers, until the first activation starts it.
+    inference_ends: Option<(rtrb::Consumer<CapturedNote>, rtrb::Producer<ScheduledNote>)>,
+    inference: Option<InferenceThread>,
 }
 
 impl Default for Continuator {
     fn default() -> Self {
         let shared = Arc::new(Shared::default());
-        let (_playback_tx, playback_rx) = scheduler::playback_channel();
-        let (processor, _captured) = Processor::new(playback_rx, shared.clone());
+        let (playback_tx, playback_rx) = scheduler::playback_channel();
+        let (processor, captured) = Processor::new(playback_rx, shared.clone());
         Self {
             params: Arc::new(ContinuatorParams::default()),
             shared,
             processor,
             out: OutQueue::with_capacity(OUT_CAPACITY, MAX_SOUNDING),
-            sample_rate: 44_100.0,
+            inference_ends: Some((captured, playback_tx)),
+            inference: None,
+        }
+    }
+}
+
+/// The inference thread's view of the parameters.
+fn knobs(params: &ContinuatorParams) -> Knobs {
+    Knobs {
+        mode: params.mode.value(),
+        listen_bars: params.listen_bars.value().max(1) as u32,
+        continue_bars: params.continue_bars.value().max(1) as u32,
+        temperature: params.temperature.value(),
+        top_p: params.top_p.value(),
+        variations: params.variations.value().max(1) as u32,
+        start: params.start.value(),
+        auto_silence: Beats(f64::from(params.auto_silence.value())),
+    }
+}
+
+impl Continuator {
+    /// Starts the inference thread (once per plugin instance): it loads the model and then
+    /// listens. A failure to start is logged and leaves the plugin passing MIDI through.
+    fn start_inference(&mut self) {
+        let Some((captured, playback)) = self.inference_ends.take() else {
+            return;
+        };
+        let params = self.params.clone();
+        let inference = Inference::new(
+            self.shared.clone(),
+            captured,
+            playback,
+            Box::new(move || knobs(&params)),
+            self.params.last_take.clone(),
+        );
+        let adapter = self
+            .params
+            .adapter_path
+            .read()
+            .ok()
+            .and_then(|path| path.clone());
+        match InferenceThread::spawn(inference, model::loader(adapter)) {
+            Ok(thread) => self.inference = Some(thread),
+            Err(err) => self
+                .shared
+                .model
+                .fail(format!("cannot start the inference thread: {err}")),
         }
     }
 }
@@ -190,10 +246,10 @@ impl Plugin for Continuator {
     fn activate(
         &mut self,
         _audio_io_layout: &AudioIOLayout,
-        buffer_config: &BufferConfig,
+        _buffer_config: &BufferConfig,
         _context: &mut impl ActivateContext<Self>,
     ) -> bool {
-        self.sample_rate = buffer_config.sample_rate;
+        self.start_inference();
         true
     }
 

@@ -280,3 +280,365 @@ impl Processor {
         self.shared.triggers.fetch_add(1, Ordering::AcqRel);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+    use rtrb::Producer;
+
+    use super::*;
+    use crate::capture::CapturedNote;
+    use crate::scheduler::{playback_channel, ScheduledNote};
+    use crate::sounding::MAX_SOUNDING;
+    use crate::time::{Beats, Tempo};
+
+    /// A host in miniature: runs blocks through a [`Processor`] and checks what comes out.
+    struct Host {
+        processor: Processor,
+        playback: Producer<ScheduledNote>,
+        captured: rtrb::Consumer<CapturedNote>,
+        shared: Arc<Shared>,
+        out: OutQueue<OutNote>,
+        playing: bool,
+        position: f64,
+        bpm: f64,
+        settings: BlockSettings,
+        /// Everything emitted, with absolute sample times.
+        emitted: Vec<(u64, OutNote)>,
+        samples: u64,
+        /// Sounding count per (channel, key), from the output alone.
+        balance: HashMap<(u8, u8), i32>,
+    }
+
+    const RATE: f32 = 48_000.0;
+
+    impl Host {
+        fn new() -> Host {
+            let shared = Arc::new(Shared::default());
+            let (playback, rx) = playback_channel();
+            let (processor, captured) = Processor::new(rx, shared.clone());
+            Host {
+                processor,
+                playback,
+                captured,
+                shared,
+                out: OutQueue::with_capacity(2048, MAX_SOUNDING),
+                playing: true,
+                position: 0.0,
+                bpm: 120.0,
+                settings: BlockSettings::default(),
+                emitted: Vec::new(),
+                samples: 0,
+                balance: HashMap::new(),
+            }
+        }
+
+        fn start_take(&mut self, take: u32) {
+            self.shared.active_take.store(take, Ordering::Release);
+        }
+
+        fn schedule(&mut self, take: u32, onset: f64, len: f64, key: u8) {
+            let note = ScheduledNote {
+                take,
+                onset: Beats(onset),
+                end: Beats(onset + len),
+                key,
+                velocity: 100,
+            };
+            let _ = self.playback.push(note);
+        }
+
+        /// Runs one block of `len` samples with the given input events; returns what passed.
+        fn block(&mut self, len: u32, input: &[Incoming]) -> Vec<Route> {
+            let host = HostTransport {
+                playing: self.playing,
+                position: Some(Beats(self.position)),
+                tempo: Tempo::from_bpm(self.bpm),
+                time_signature: TimeSignature::new(4, 4),
+                sample_rate: RATE,
+                len,
+            };
+            self.processor
+                .begin_block(&host, &self.settings, &mut self.out);
+            let routes = input
+                .iter()
+                .map(|&e| self.processor.input(e, &self.settings, &mut self.out))
+                .collect();
+            self.processor.end_block(&self.settings, &mut self.out);
+            let mut events = Vec::new();
+            self.out.drain_sorted(|e| events.push(e));
+            let mut last = 0;
+            for e in events {
+                assert!(e.timing() < len.max(1), "event outside its block: {e:?}");
+                assert!(e.timing() >= last, "events out of order");
+                last = e.timing();
+                match e {
+                    OutNote::On { channel, key, .. } => {
+                        let count = self.balance.entry((channel, key)).or_default();
+                        *count += 1;
+                        assert_eq!(
+                            *count, 1,
+                            "second NoteOn without NoteOff on {channel}/{key}"
+                        );
+                    }
+                    OutNote::Off { channel, key, .. } => {
+                        let count = self.balance.entry((channel, key)).or_default();
+                        *count -= 1;
+                        assert_eq!(*count, 0, "NoteOff without NoteOn on {channel}/{key}");
+                    }
+                }
+                self.emitted.push((self.samples + u64::from(e.timing()), e));
+            }
+            if self.playing {
+                self.position += f64::from(len) * self.bpm / 60.0 / f64::from(RATE);
+            }
+            self.samples += u64::from(len);
+            routes
+        }
+
+        fn sounding(&self) -> i32 {
+            self.balance.values().sum()
+        }
+
+        fn ons(&self) -> Vec<u64> {
+            self.emitted
+                .iter()
+                .filter(|(_, e)| matches!(e, OutNote::On { .. }))
+                .map(|(s, _)| *s)
+                .collect()
+        }
+    }
+
+    fn note_on(timing: u32, key: u8) -> Incoming {
+        Incoming::NoteOn {
+            timing,
+            channel: 0,
+            key,
+            velocity: 0.8,
+        }
+    }
+
+    #[test]
+    fn passes_through_and_captures_with_musical_time() {
+        let mut host = Host::new();
+        host.position = 4.0;
+        let routes = host.block(
+            480,
+            &[
+                note_on(240, 60),
+                Incoming::NoteOff {
+                    timing: 479,
+                    channel: 0,
+                    key: 60,
+                },
+            ],
+        );
+        assert_eq!(routes, [Route::Thru, Route::Thru]);
+        let first = host.captured.pop().unwrap();
+        // 240 samples at 120 BPM / 48 kHz is 0.01 beat.
+        assert!((first.at.0 - 4.01).abs() < 1e-9);
+        assert!(host.captured.pop().is_ok());
+        host.settings.thru = false;
+        assert_eq!(host.block(480, &[note_on(0, 61)]), [Route::Consumed]);
+    }
+
+    #[test]
+    fn generated_notes_play_on_their_samples_and_stop_releases_them() {
+        let mut host = Host::new();
+        host.start_take(1);
+        host.schedule(1, 1.0, 8.0, 60);
+        host.schedule(1, 2.0, 8.0, 62);
+        for _ in 0..200 {
+            host.block(512, &[]);
+        }
+        assert_eq!(host.ons(), [24_000, 48_000]);
+        assert_eq!(host.sounding(), 2);
+        host.playing = false;
+        host.block(512, &[]);
+        assert_eq!(host.sounding(), 0);
+        assert_eq!(host.shared.active_take(), NO_TAKE);
+    }
+
+    #[test]
+    fn loop_jump_releases_everything() {
+        let mut host = Host::new();
+        host.start_take(1);
+        host.schedule(1, 0.0, 8.0, 60);
+        host.schedule(1, 6.0, 1.0, 64);
+        host.block(512, &[]);
+        assert_eq!(host.sounding(), 1);
+        host.position = 0.0; // loop back
+        host.block(512, &[]);
+        assert_eq!(host.sounding(), 0);
+        for _ in 0..400 {
+            host.block(512, &[]);
+        }
+        assert_eq!(
+            host.ons().len(),
+            1,
+            "the cancelled take's later note never plays"
+        );
+    }
+
+    #[test]
+    fn playing_over_yields_unless_disabled() {
+        let mut host = Host::new();
+        host.start_take(1);
+        host.schedule(1, 0.0, 8.0, 60);
+        host.block(512, &[]);
+        host.block(512, &[note_on(100, 48)]);
+        assert_eq!(host.sounding(), 0);
+        let off = host.emitted.last().unwrap();
+        assert_eq!(off.0, 512 + 100);
+
+        let mut host = Host::new();
+        host.settings.yield_on_play = false;
+        host.start_take(1);
+        host.schedule(1, 0.0, 8.0, 60);
+        host.block(512, &[]);
+        host.block(512, &[note_on(100, 48)]);
+        assert_eq!(host.sounding(), 1);
+    }
+
+    #[test]
+    fn bypass_and_reset_release() {
+        let mut host = Host::new();
+        host.start_take(1);
+        host.schedule(1, 0.0, 8.0, 60);
+        host.block(512, &[]);
+        host.settings.bypass = true;
+        assert_eq!(host.block(512, &[note_on(0, 50)]), [Route::Thru]);
+        assert_eq!(host.sounding(), 0);
+
+        let mut host = Host::new();
+        host.start_take(1);
+        host.schedule(1, 0.0, 8.0, 60);
+        host.block(512, &[]);
+        host.processor.request_release();
+        host.block(512, &[]);
+        assert_eq!(host.sounding(), 0);
+    }
+
+    #[test]
+    fn trigger_note_and_parameter_trigger_and_release() {
+        let mut host = Host::new();
+        host.settings.trigger_binding = TriggerBinding::Note(36);
+        host.start_take(1);
+        host.schedule(1, 0.0, 8.0, 60);
+        host.block(512, &[]);
+        let routes = host.block(
+            512,
+            &[
+                note_on(10, 36),
+                Incoming::NoteOff {
+                    timing: 20,
+                    channel: 0,
+                    key: 36,
+                },
+            ],
+        );
+        assert_eq!(routes, [Route::Consumed, Route::Consumed]);
+        assert_eq!(host.shared.triggers.load(Ordering::Acquire), 1);
+        assert!((host.shared.trigger_position.load() - (522.0 / 24_000.0)).abs() < 1e-9);
+        assert_eq!(host.sounding(), 0);
+        // Holding the parameter on triggers once.
+        host.settings.trigger = true;
+        host.block(512, &[]);
+        host.block(512, &[]);
+        assert_eq!(host.shared.triggers.load(Ordering::Acquire), 2);
+        // A CC binding triggers on the way up only.
+        host.settings.trigger_binding = TriggerBinding::Cc(64);
+        let cc = |value| Incoming::Cc {
+            timing: 0,
+            channel: 0,
+            cc: 64,
+            value,
+        };
+        host.block(512, &[cc(1.0), cc(1.0), cc(0.0), cc(0.9)]);
+        assert_eq!(host.shared.triggers.load(Ordering::Acquire), 4);
+    }
+
+    #[test]
+    fn new_take_releases_the_old_one() {
+        let mut host = Host::new();
+        host.start_take(1);
+        host.schedule(1, 0.0, 8.0, 60);
+        host.block(512, &[]);
+        host.start_take(2);
+        host.schedule(2, 0.5, 1.0, 60);
+        host.block(512, &[]);
+        assert_eq!(host.sounding(), 0);
+        for _ in 0..100 {
+            host.block(512, &[]);
+        }
+        assert_eq!(host.ons().len(), 2);
+        assert_eq!(host.sounding(), 0);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Block { len: u32 },
+        Schedule { ahead: f64, len: f64, key: u8 },
+        NewTake,
+        Play { key: u8 },
+        Jump { to: f64 },
+        Stop,
+        Start,
+        Tempo { bpm: f64 },
+        Bypass(bool),
+        Reset,
+        Trigger,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            6 => (1u32..2048).prop_map(|len| Step::Block { len }),
+            6 => (-0.5f64..8.0, 0.0f64..6.0, 60u8..66).prop_map(|(ahead, len, key)| Step::Schedule { ahead, len, key }),
+            1 => Just(Step::NewTake),
+            1 => (40u8..44).prop_map(|key| Step::Play { key }),
+            1 => (0.0f64..32.0).prop_map(|to| Step::Jump { to }),
+            1 => Just(Step::Stop),
+            1 => Just(Step::Start),
+            1 => (30.0f64..240.0).prop_map(|bpm| Step::Tempo { bpm }),
+            1 => any::<bool>().prop_map(Step::Bypass),
+            1 => Just(Step::Reset),
+            1 => Just(Step::Trigger),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_note_on_gets_its_note_off(steps in proptest::collection::vec(step(), 1..200)) {
+            let mut host = Host::new();
+            host.settings.trigger_binding = TriggerBinding::Note(36);
+            let mut take = 1;
+            host.start_take(take);
+            for step in steps {
+                match step {
+                    Step::Block { len } => { host.block(len, &[]); }
+                    Step::Schedule { ahead, len, key } => {
+                        let active = host.shared.active_take();
+                        host.schedule(active, host.position + ahead, len, key);
+                    }
+                    Step::NewTake => { take += 1; host.start_take(take); }
+                    Step::Play { key } => { host.block(64, &[note_on(10, key)]); }
+                    Step::Jump { to } => host.position = to,
+                    Step::Stop => host.playing = false,
+                    Step::Start => host.playing = true,
+                    Step::Tempo { bpm } => host.bpm = bpm,
+                    Step::Bypass(on) => host.settings.bypass = on,
+                    Step::Reset => host.processor.request_release(),
+                    Step::Trigger => { host.block(64, &[note_on(0, 36)]); }
+                }
+            }
+            // Whatever happened, stopping the transport leaves nothing sounding.
+            host.settings.bypass = false;
+            host.playing = false;
+            host.block(64, &[]);
+            prop_assert_eq!(host.sounding(), 0);
+            prop_assert_eq!(host.processor.sounding(), 0);
+        }
+    }
+}

@@ -1,11 +1,12 @@
 //! State shared between the audio thread, the inference thread and the GUI.
 //!
-//! Only atomics live here: the audio thread may read and write them without locking, allocating
-//! or blocking. Richer state (error messages) goes through [`crate::status`], which the audio
-//! thread never touches.
+//! The audio thread only touches the atomics here, which it may read and write without locking,
+//! allocating or blocking. Richer state (error messages) lives in [`crate::status`], which the
+//! audio thread never touches.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
+use crate::status::ModelStatus;
 use crate::time::{Beats, Tempo, TimeSignature};
 
 /// An `f64` stored as its bits, for values the audio thread publishes every block.
@@ -130,6 +131,9 @@ pub struct Shared {
     pub triggers: AtomicU32,
     /// Where the last trigger happened on the timeline.
     pub trigger_position: AtomicF64,
+    /// Model state for the GUI; written by the inference thread only, never touched by the audio
+    /// thread (it holds a lock).
+    pub model: ModelStatus,
 }
 
 impl Shared {

@@ -1,0 +1,73 @@
+//! The seam between the plugin and the model: turn a prime into a stream of notes.
+//!
+//! The inference thread only knows this trait, so it can be tested with a scripted fake, and the
+//! engine's generation API plugs in behind it without the real-time shell changing. Everything
+//! here is on the tokenizer's grid ([`Ticks`], 12 per beat), relative to the prime's first bar
+//! line, so the engine never has to know about tempo, samples or the host's timeline.
+
+use std::ops::ControlFlow;
+
+use crate::time::{Ticks, TimeSignature};
+
+/// A note on the grid, relative to the prime's first bar line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GridNote {
+    pub onset: Ticks,
+    /// At least one tick.
+    pub duration: Ticks,
+    pub key: u8,
+    /// MIDI velocity, 1..=127.
+    pub velocity: u8,
+}
+
+/// What the musician played: `bars` whole bars in one time signature, notes in onset order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Prime {
+    pub time_signature: TimeSignature,
+    pub bars: u32,
+    pub notes: Vec<GridNote>,
+}
+
+/// A request for one continuation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContinueRequest {
+    pub prime: Prime,
+    /// Where the continuation starts, from the prime's first bar line: usually the prime's end
+    /// (`bars` bar lengths), later if the musician paused for whole bars, earlier (mid-bar, inside
+    /// the prime's last bar) when a manual trigger says "now".
+    pub start: Ticks,
+    /// How long the continuation lasts from `start`; notes at or after `start + length` are not
+    /// wanted (the implementation may stop there).
+    pub length: Ticks,
+    pub temperature: f32,
+    pub top_p: f32,
+    /// Sampling seed: the same prime, settings and seed give the same continuation.
+    pub seed: u64,
+}
+
+/// Why a continuation could not be produced; shown in the GUI status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContinueError {
+    #[error("no model loaded: {0}")]
+    NoModel(String),
+    #[error("generation failed: {0}")]
+    Failed(String),
+}
+
+/// Something that continues a phrase: the engine's model in the product, a script in tests.
+pub trait Continuer: Send {
+    /// Streams the continuation of `request`, note by note in onset order, as soon as each is
+    /// sampled: `emit` returns [`ControlFlow::Break`] when the take was cancelled (the musician
+    /// played over it, the transport moved) or no more notes are wanted, and the implementation
+    /// should then return promptly.
+    fn continue_phrase(
+        &mut self,
+        request: &ContinueRequest,
+        emit: &mut dyn FnMut(GridNote) -> ControlFlow<()>,
+    ) -> Result<(), ContinueError>;
+
+    /// A bar the musician just finished (`index` counts bars on the host's timeline), for
+    /// incremental prefill: an implementation may feed it to the model's cache now, so that a
+    /// later request only has the unfinished tail left to process. The default ignores it.
+    fn bar_finished(&mut self, _time_signature: TimeSignature, _index: i64, _notes: &[GridNote]) {}
+}
