@@ -36,7 +36,10 @@ fn ids(n: usize) -> Tensor {
 }
 
 fn bench(c: &mut Criterion) {
-    for (name, cfg) in [("small", DecoderConfig::small()), ("seed", DecoderConfig::seed())] {
+    for (name, cfg) in [
+        ("small", DecoderConfig::small()),
+        ("seed", DecoderConfig::seed()),
+    ] {
         for q8 in [false, true] {
             let d = build(&cfg, q8);
             let label = format!("{name}/{}", if q8 { "q8" } else { "f32" });

@@ -15,12 +15,23 @@ fn model() -> Model {
 }
 
 fn tokens() -> Tensor {
-    let t = candle_core::safetensors::load(fixture_dir().join("expected.safetensors"), &Device::Cpu).unwrap();
+    let t =
+        candle_core::safetensors::load(fixture_dir().join("expected.safetensors"), &Device::Cpu)
+            .unwrap();
     t["tokens"].to_dtype(DType::U32).unwrap()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 fn cfg(dim: usize) -> AdapterConfig {
@@ -51,7 +62,10 @@ fn fresh_adapter_is_an_exact_pass_through() {
         let a = Adapter::fresh(&cfg(dim), &m.decoder, &vm, DType::F32, &Device::Cpu).unwrap();
         let got = a.forward(&hidden, None).unwrap();
         let d = max_abs_diff(&got, &want);
-        assert!(d <= 1e-5, "dim {dim}: fresh adapter differs from the decoder by {d}");
+        assert!(
+            d <= 1e-5,
+            "dim {dim}: fresh adapter differs from the decoder by {d}"
+        );
         let got = a.forward_train(&hidden).unwrap();
         let d = max_abs_diff(&got, &want);
         assert!(d <= 1e-5, "dim {dim}: training path differs by {d}");
@@ -79,12 +93,20 @@ fn incremental_adapter_matches_full_forward() {
     let vm = VarMap::new();
     let a = Adapter::fresh(&cfg(16), &m.decoder, &vm, DType::F32, &Device::Cpu).unwrap();
     randomise(&vm);
-    let full = a.forward(&m.decoder.forward_hidden(&ids, None, Path::Fused).unwrap(), None).unwrap();
+    let full = a
+        .forward(
+            &m.decoder.forward_hidden(&ids, None, Path::Fused).unwrap(),
+            None,
+        )
+        .unwrap();
     let mut dc = m.decoder.new_cache(16);
     let mut ac = a.new_cache(16);
     let mut outs = Vec::new();
     for (s, len) in [(0, 7), (7, 1), (8, 1), (9, 31)] {
-        let h = m.decoder.forward_hidden(&ids.narrow(1, s, len).unwrap(), Some(&mut dc), Path::Fused).unwrap();
+        let h = m
+            .decoder
+            .forward_hidden(&ids.narrow(1, s, len).unwrap(), Some(&mut dc), Path::Fused)
+            .unwrap();
         outs.push(a.forward(&h, Some(&mut ac)).unwrap());
     }
     let d = max_abs_diff(&Tensor::cat(&outs, 1).unwrap(), &full);
@@ -110,13 +132,22 @@ fn adapter_file_round_trips_through_a_model_directory() {
     let loaded = Model::load(&dir, &LoadOptions::default()).unwrap();
     assert!(loaded.adapter.is_some());
     let ids = tokens();
-    let want = a.forward(&m.decoder.forward_hidden(&ids, None, Path::Fused).unwrap(), None).unwrap();
+    let want = a
+        .forward(
+            &m.decoder.forward_hidden(&ids, None, Path::Fused).unwrap(),
+            None,
+        )
+        .unwrap();
     let got = loaded.forward(&ids).unwrap();
     assert!(max_abs_diff(&got, &want) <= 1e-6);
     // Model::step runs decoder and adapter caches together.
     let mut cache = loaded.new_cache(64);
-    let a1 = loaded.step(&ids.narrow(1, 0, 39).unwrap(), &mut cache).unwrap();
-    let a2 = loaded.step(&ids.narrow(1, 39, 1).unwrap(), &mut cache).unwrap();
+    let a1 = loaded
+        .step(&ids.narrow(1, 0, 39).unwrap(), &mut cache)
+        .unwrap();
+    let a2 = loaded
+        .step(&ids.narrow(1, 39, 1).unwrap(), &mut cache)
+        .unwrap();
     assert!(max_abs_diff(&Tensor::cat(&[a1, a2], 1).unwrap(), &want) <= 1e-4);
     // Scoring with the adapter differs from the decoder alone.
     let row: Vec<u32> = ids.get(0).unwrap().to_vec1().unwrap();
@@ -128,7 +159,14 @@ fn adapter_file_round_trips_through_a_model_directory() {
     Adapter::fresh(&cfg(16), &m.decoder, &vm2, DType::F32, &Device::Cpu).unwrap();
     vm2.save(dir.join("plain.safetensors")).unwrap();
     let mut swapped = loaded.clone();
-    swapped.load_adapter(&dir.join("plain.safetensors"), &LoadOptions::default()).unwrap();
-    assert!(max_abs_diff(&swapped.forward(&ids).unwrap(), &m.decoder.forward(&ids, None).unwrap()) <= 1e-5);
+    swapped
+        .load_adapter(&dir.join("plain.safetensors"), &LoadOptions::default())
+        .unwrap();
+    assert!(
+        max_abs_diff(
+            &swapped.forward(&ids).unwrap(),
+            &m.decoder.forward(&ids, None).unwrap()
+        ) <= 1e-5
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -20,8 +20,13 @@ fn load(precision: Precision) -> Model {
 
 /// (tokens (2, 40) u32, logits (2, 40, 373) f32) computed by PyTorch.
 fn expected() -> (Tensor, Tensor) {
-    let t = candle_core::safetensors::load(fixture_dir().join("expected.safetensors"), &Device::Cpu).unwrap();
-    (t["tokens"].to_dtype(DType::U32).unwrap(), t["logits"].clone())
+    let t =
+        candle_core::safetensors::load(fixture_dir().join("expected.safetensors"), &Device::Cpu)
+            .unwrap();
+    (
+        t["tokens"].to_dtype(DType::U32).unwrap(),
+        t["logits"].clone(),
+    )
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -57,10 +62,16 @@ fn incremental_decoding_matches_full_forward() {
     let (tokens, logits) = expected();
     let row = tokens.i(0..1).unwrap();
     let mut cache = model.new_cache(8); // small on purpose: the cache must grow
-    // Prefill 10 tokens, then one at a time.
-    let mut outs = vec![model.step(&row.narrow(1, 0, 10).unwrap(), &mut cache).unwrap()];
+                                        // Prefill 10 tokens, then one at a time.
+    let mut outs = vec![model
+        .step(&row.narrow(1, 0, 10).unwrap(), &mut cache)
+        .unwrap()];
     for p in 10..40 {
-        outs.push(model.step(&row.narrow(1, p, 1).unwrap(), &mut cache).unwrap());
+        outs.push(
+            model
+                .step(&row.narrow(1, p, 1).unwrap(), &mut cache)
+                .unwrap(),
+        );
     }
     assert_eq!(cache.len(), 40);
     let inc = Tensor::cat(&outs, 1).unwrap();
@@ -73,9 +84,15 @@ fn batched_decoding_matches_single_sequences() {
     let model = load(Precision::F32);
     let (tokens, logits) = expected();
     let mut cache = model.new_cache(64);
-    let mut outs = vec![model.step(&tokens.narrow(1, 0, 5).unwrap(), &mut cache).unwrap()];
+    let mut outs = vec![model
+        .step(&tokens.narrow(1, 0, 5).unwrap(), &mut cache)
+        .unwrap()];
     for p in 5..40 {
-        outs.push(model.step(&tokens.narrow(1, p, 1).unwrap(), &mut cache).unwrap());
+        outs.push(
+            model
+                .step(&tokens.narrow(1, p, 1).unwrap(), &mut cache)
+                .unwrap(),
+        );
     }
     let d = max_abs_diff(&Tensor::cat(&outs, 1).unwrap(), &logits);
     assert!(d <= 1e-4, "batched decoding differs by {d}");
@@ -87,7 +104,9 @@ fn repeated_cache_decodes_variations() {
     let (tokens, logits) = expected();
     let row = tokens.i(0..1).unwrap();
     let mut cache = model.new_cache(64);
-    model.step(&row.narrow(1, 0, 20).unwrap(), &mut cache).unwrap();
+    model
+        .step(&row.narrow(1, 0, 20).unwrap(), &mut cache)
+        .unwrap();
     let mut batch = cache.repeat_batch(3).unwrap();
     let next = row.narrow(1, 20, 1).unwrap().repeat((3, 1)).unwrap();
     let out = model.step(&next, &mut batch).unwrap();
@@ -109,18 +128,29 @@ fn nll(model: &Model) -> f64 {
 fn reduced_precision_stays_close() {
     let (tokens, logits) = expected();
     let reference = nll(&load(Precision::F32));
-    for (p, tol) in [(Precision::F16, 2e-2), (Precision::BF16, 1.5e-1), (Precision::Q8, 5e-2)] {
+    for (p, tol) in [
+        (Precision::F16, 2e-2),
+        (Precision::BF16, 1.5e-1),
+        (Precision::Q8, 5e-2),
+    ] {
         let model = load(p);
         let out = model.decoder.forward(&tokens, None).unwrap();
         let d = max_abs_diff(&out, &logits);
         assert!(d <= tol, "{p:?} logits differ by {d}");
         let n = nll(&model);
-        assert!((n - reference).abs() / reference < 0.01, "{p:?}: NLL {n} vs f32 {reference}");
+        assert!(
+            (n - reference).abs() / reference < 0.01,
+            "{p:?}: NLL {n} vs f32 {reference}"
+        );
         // Quantized and half models must also decode incrementally like their full forward.
         let mut cache = model.new_cache(64);
         let row = tokens.i(0..1).unwrap();
-        let a = model.step(&row.narrow(1, 0, 39).unwrap(), &mut cache).unwrap();
-        let b = model.step(&row.narrow(1, 39, 1).unwrap(), &mut cache).unwrap();
+        let a = model
+            .step(&row.narrow(1, 0, 39).unwrap(), &mut cache)
+            .unwrap();
+        let b = model
+            .step(&row.narrow(1, 39, 1).unwrap(), &mut cache)
+            .unwrap();
         let inc = Tensor::cat(&[a, b], 1).unwrap();
         let full = model.decoder.forward(&row, None).unwrap();
         let d = max_abs_diff(&inc, &full);
@@ -137,26 +167,46 @@ fn score_matches_pytorch_nll_and_windows_cover_every_token() {
     let logp = candle_nn::ops::log_softmax(&logits.i(0).unwrap(), D::Minus1).unwrap();
     let mut want = 0f64;
     for i in 0..39 {
-        want -= logp.i((i, ids[i + 1] as usize)).unwrap().to_scalar::<f32>().unwrap() as f64;
+        want -= logp
+            .i((i, ids[i + 1] as usize))
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
     }
     want /= 39.0;
     let got = model.score_decoder(&ids[1..]).unwrap();
     assert_eq!(got.tokens, 39);
-    assert!((got.mean_nll - want).abs() < 1e-5, "{} vs {want}", got.mean_nll);
+    assert!(
+        (got.mean_nll - want).abs() < 1e-5,
+        "{} vs {want}",
+        got.mean_nll
+    );
 
     // Windows: recompute each token's NLL by hand with the window rule (start advances to
     // end - context/2) and compare.
     let ctx = 16;
-    let scored = engine::models::mean_nll(&model.decoder, None, &ids[1..], 1, ctx, &Device::Cpu).unwrap();
+    let scored =
+        engine::models::mean_nll(&model.decoder, None, &ids[1..], 1, ctx, &Device::Cpu).unwrap();
     let mut total = 0f64;
     let mut start = 0usize;
     let mut next = 1usize;
     while next < 40 {
         let end = (start + ctx).min(40);
-        let w = Tensor::new(&ids[start..end], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-        let lp = candle_nn::ops::log_softmax(&model.decoder.forward(&w, None).unwrap().i(0).unwrap(), D::Minus1).unwrap();
-        for p in next..end {
-            total -= lp.i((p - 1 - start, ids[p] as usize)).unwrap().to_scalar::<f32>().unwrap() as f64;
+        let w = Tensor::new(&ids[start..end], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let lp = candle_nn::ops::log_softmax(
+            &model.decoder.forward(&w, None).unwrap().i(0).unwrap(),
+            D::Minus1,
+        )
+        .unwrap();
+        for (p, &id) in ids.iter().enumerate().take(end).skip(next) {
+            total -= lp
+                .i((p - 1 - start, id as usize))
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64;
         }
         next = end;
         start = end - ctx / 2;
@@ -170,8 +220,14 @@ fn score_matches_pytorch_nll_and_windows_cover_every_token() {
 fn fused_and_plain_paths_agree_on_hidden_states() {
     let model = load(Precision::F32);
     let (tokens, _) = expected();
-    let a = model.decoder.forward_hidden(&tokens, None, Path::Fused).unwrap();
-    let b = model.decoder.forward_hidden(&tokens, None, Path::Plain).unwrap();
+    let a = model
+        .decoder
+        .forward_hidden(&tokens, None, Path::Fused)
+        .unwrap();
+    let b = model
+        .decoder
+        .forward_hidden(&tokens, None, Path::Plain)
+        .unwrap();
     assert!(max_abs_diff(&a, &b) <= 1e-4);
 }
 

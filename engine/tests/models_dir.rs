@@ -16,7 +16,8 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("continuator-models-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("continuator-models-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         for f in ["config.json", "tokenizer.json", "decoder.safetensors"] {
@@ -38,7 +39,8 @@ impl Scratch {
     }
     fn edit_config(&self, f: impl FnOnce(&mut serde_json::Value)) {
         let p = self.path("config.json");
-        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
         f(&mut v);
         std::fs::write(&p, v.to_string()).unwrap();
     }
@@ -81,9 +83,16 @@ fn config_round_trips_and_defaults_follow_x_transformers() {
     assert_eq!(c.decoder.ff_mult, 4);
     assert_eq!(c.decoder.rot_dim(), 32);
     assert_eq!(c.decoder, ModelConfig::seed().decoder);
-    for preset in [ModelConfig::seed(), ModelConfig::small(), ModelConfig::tiny()] {
+    for preset in [
+        ModelConfig::seed(),
+        ModelConfig::small(),
+        ModelConfig::tiny(),
+    ] {
         let json = serde_json::to_string(&preset).unwrap();
-        assert_eq!(ModelConfig::from_json(&json, Path::new("c")).unwrap(), preset);
+        assert_eq!(
+            ModelConfig::from_json(&json, Path::new("c")).unwrap(),
+            preset
+        );
     }
 }
 
@@ -102,7 +111,10 @@ fn missing_tensor() {
 fn wrong_shape() {
     let s = Scratch::new("shape");
     let mut w = s.weights();
-    w.insert(Q0.into(), Tensor::zeros((32, 16), DType::F32, &Device::Cpu).unwrap());
+    w.insert(
+        Q0.into(),
+        Tensor::zeros((32, 16), DType::F32, &Device::Cpu).unwrap(),
+    );
     s.write_weights(&w);
     let e = s.load().unwrap_err();
     assert!(matches!(e, Error::Shape { .. }), "{e}");
@@ -113,7 +125,10 @@ fn wrong_shape() {
 fn wrong_dtype() {
     let s = Scratch::new("dtype");
     let mut w = s.weights();
-    w.insert(EMB.into(), Tensor::zeros((373, 32), DType::I64, &Device::Cpu).unwrap());
+    w.insert(
+        EMB.into(),
+        Tensor::zeros((373, 32), DType::I64, &Device::Cpu).unwrap(),
+    );
     s.write_weights(&w);
     let e = s.load().unwrap_err();
     assert!(matches!(e, Error::DType { .. }), "{e}");
@@ -123,7 +138,11 @@ fn wrong_dtype() {
 #[test]
 fn half_precision_files_load() {
     let s = Scratch::new("f16");
-    let w: HashMap<String, Tensor> = s.weights().into_iter().map(|(k, v)| (k, v.to_dtype(DType::F16).unwrap())).collect();
+    let w: HashMap<String, Tensor> = s
+        .weights()
+        .into_iter()
+        .map(|(k, v)| (k, v.to_dtype(DType::F16).unwrap()))
+        .collect();
     s.write_weights(&w);
     let m = s.load().unwrap();
     assert!(m.score(&[5, 6, 7]).unwrap().mean_nll.is_finite());
@@ -138,7 +157,11 @@ fn truncated_and_foreign_files() {
     assert!(matches!(e, Error::Safetensors { .. }), "{e}");
     assert_names(&e, "decoder.safetensors", None);
 
-    for junk in [&b"PK\x03\x04 this is a zip, not safetensors"[..], b"", b"\xff\xff\xff\xff\xff\xff\xff\xff{}"] {
+    for junk in [
+        &b"PK\x03\x04 this is a zip, not safetensors"[..],
+        b"",
+        b"\xff\xff\xff\xff\xff\xff\xff\xff{}",
+    ] {
         std::fs::write(s.path("decoder.safetensors"), junk).unwrap();
         let e = s.load().unwrap_err();
         assert!(matches!(e, Error::Safetensors { .. }), "{e}");
@@ -226,7 +249,8 @@ fn unsupported_or_unknown_config_keys_are_refused_by_name() {
 fn tokenizer_with_another_vocabulary_size() {
     let s = Scratch::new("tokenizer");
     let p = s.path("tokenizer.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     v["config"]["num_velocities"] = 16.into();
     std::fs::write(&p, v.to_string()).unwrap();
     let e = s.load().unwrap_err();
@@ -240,7 +264,10 @@ fn non_finite_weights_are_named() {
     let mut w = s.weights();
     let mut v: Vec<f32> = w[Q0].flatten_all().unwrap().to_vec1().unwrap();
     v[5] = f32::NAN;
-    w.insert(Q0.into(), Tensor::from_vec(v, w[Q0].shape(), &Device::Cpu).unwrap());
+    w.insert(
+        Q0.into(),
+        Tensor::from_vec(v, w[Q0].shape(), &Device::Cpu).unwrap(),
+    );
     s.write_weights(&w);
     let e = s.load().unwrap_err();
     assert!(matches!(e, Error::Value { .. }), "{e}");
@@ -254,22 +281,36 @@ fn bad_adapter_and_discriminator_files() {
     // No "adapter" section in config.json.
     let e = s.load().unwrap_err();
     assert!(matches!(e, Error::Config { .. }), "{e}");
-    s.edit_config(|v| v["adapter"] = serde_json::json!({"dim": 32, "depth": 1, "heads": 2, "attn_dim_head": 8}));
+    s.edit_config(|v| {
+        v["adapter"] = serde_json::json!({"dim": 32, "depth": 1, "heads": 2, "attn_dim_head": 8})
+    });
     let e = s.load().unwrap_err();
     assert!(matches!(e, Error::Safetensors { .. }), "{e}");
     assert_names(&e, "adapter.safetensors", None);
     // Skipped when not asked for.
-    let opts = LoadOptions { adapter: false, ..LoadOptions::default() };
+    let opts = LoadOptions {
+        adapter: false,
+        ..LoadOptions::default()
+    };
     assert!(Model::load(&s.0, &opts).is_ok());
 
     // A discriminator file is checked only when asked for.
     let s = Scratch::new("disc");
-    s.edit_config(|v| v["discriminator"] = serde_json::json!({"dim": 16, "depth": 1, "heads": 2, "attn_dim_head": 8}));
+    s.edit_config(|v| {
+        v["discriminator"] =
+            serde_json::json!({"dim": 16, "depth": 1, "heads": 2, "attn_dim_head": 8})
+    });
     let mut w = HashMap::new();
-    w.insert("token_emb.weight".to_string(), Tensor::zeros((373, 16), DType::F32, &Device::Cpu).unwrap());
+    w.insert(
+        "token_emb.weight".to_string(),
+        Tensor::zeros((373, 16), DType::F32, &Device::Cpu).unwrap(),
+    );
     candle_core::safetensors::save(&w, s.path("discriminator.safetensors")).unwrap();
     assert!(s.load().is_ok());
-    let opts = LoadOptions { discriminator: true, ..LoadOptions::default() };
+    let opts = LoadOptions {
+        discriminator: true,
+        ..LoadOptions::default()
+    };
     let e = Model::load(&s.0, &opts).unwrap_err();
     assert!(matches!(e, Error::MissingTensor { .. }), "{e}");
     assert_names(&e, "discriminator.safetensors", Some("prime_encoder."));

@@ -16,7 +16,13 @@ const BAR: u32 = 3;
 
 fn seq(len: usize, salt: u32) -> Vec<u32> {
     (0..len as u32)
-        .map(|i| if i % 7 == 2 { BAR } else { 4 + (i * 31 + salt * 17) % 360 })
+        .map(|i| {
+            if i % 7 == 2 {
+                BAR
+            } else {
+                4 + (i * 31 + salt * 17) % 360
+            }
+        })
         .collect()
 }
 
@@ -35,7 +41,9 @@ fn output_shapes() {
     let (d, _vm) = disc();
     let (p0, p1, p2) = (seq(5, 1), seq(9, 2), seq(3, 3));
     let (c0, c1, c2) = (seq(20, 4), seq(11, 5), seq(2, 6));
-    let batch = d.batch(&[&p0, &p1, &p2], &[&c0, &c1, &c2], &Device::Cpu).unwrap();
+    let batch = d
+        .batch(&[&p0, &p1, &p2], &[&c0, &c1, &c2], &Device::Cpu)
+        .unwrap();
     // Bar tokens at 2, 9, 16: the tokens before the first one are a bar too.
     assert_eq!(batch.bars, vec![4, 3, 1]);
     let out = d.forward(&batch, Path::Fused).unwrap();
@@ -47,13 +55,24 @@ fn output_shapes() {
     assert_eq!(out.bar_embeddings.dims(), &[3, 4, 16]);
     assert_eq!(
         out.bar_mask.to_vec2::<f32>().unwrap(),
-        vec![vec![1., 1., 1., 1.], vec![1., 1., 1., 0.], vec![1., 0., 0., 0.]]
+        vec![
+            vec![1., 1., 1., 1.],
+            vec![1., 1., 1., 0.],
+            vec![1., 0., 0., 0.]
+        ]
     );
     let p: Vec<f32> = out.p_real().unwrap().to_vec1().unwrap();
     assert!(p.iter().all(|&x| x > 0.0 && x < 1.0));
     // Training and inference paths compute the same function.
     let plain = d.forward(&batch, Path::Plain).unwrap();
-    let diff: f32 = (plain.logit - out.logit).unwrap().abs().unwrap().max(0).unwrap().to_scalar().unwrap();
+    let diff: f32 = (plain.logit - out.logit)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     assert!(diff < 1e-4);
 }
 
@@ -61,25 +80,65 @@ fn output_shapes() {
 fn padding_does_not_change_a_sequence_score() {
     let (d, _vm) = disc();
     let (p, c) = (seq(6, 1), seq(10, 2));
-    let alone = d.forward(&d.batch(&[&p], &[&c], &Device::Cpu).unwrap(), Path::Plain).unwrap();
+    let alone = d
+        .forward(&d.batch(&[&p], &[&c], &Device::Cpu).unwrap(), Path::Plain)
+        .unwrap();
     // Same pair next to longer sequences: its prime, continuation and bars get padded.
     let (p2, c2) = (seq(15, 3), seq(30, 4));
-    let batch = d.batch(&[&p2, &p, &p2], &[&c2, &c, &c2], &Device::Cpu).unwrap();
+    let batch = d
+        .batch(&[&p2, &p, &p2], &[&c2, &c, &c2], &Device::Cpu)
+        .unwrap();
     let padded = d.forward(&batch, Path::Plain).unwrap();
     let close = |a: &Tensor, b: &Tensor| {
-        let m: f32 = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+        let m: f32 = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert!(m < 1e-5, "padding changed a score by {m}");
     };
     close(&alone.logit.i(0).unwrap(), &padded.logit.i(1).unwrap());
-    close(&alone.token_score.i(0).unwrap(), &padded.token_score.i(1).unwrap());
-    close(&alone.bar_score.i(0).unwrap(), &padded.bar_score.i(1).unwrap());
-    close(&alone.order_score.i(0).unwrap(), &padded.order_score.i(1).unwrap());
+    close(
+        &alone.token_score.i(0).unwrap(),
+        &padded.token_score.i(1).unwrap(),
+    );
+    close(
+        &alone.bar_score.i(0).unwrap(),
+        &padded.bar_score.i(1).unwrap(),
+    );
+    close(
+        &alone.order_score.i(0).unwrap(),
+        &padded.order_score.i(1).unwrap(),
+    );
     let nb = alone.bar_scores.dim(1).unwrap();
-    close(&alone.bar_scores.i(0).unwrap(), &padded.bar_scores.i((1, 0..nb)).unwrap());
-    close(&alone.bar_embeddings.i(0).unwrap(), &padded.bar_embeddings.i((1, 0..nb)).unwrap());
+    close(
+        &alone.bar_scores.i(0).unwrap(),
+        &padded.bar_scores.i((1, 0..nb)).unwrap(),
+    );
+    close(
+        &alone.bar_embeddings.i(0).unwrap(),
+        &padded.bar_embeddings.i((1, 0..nb)).unwrap(),
+    );
     // And the content does matter (so the test above can fail).
-    let other = d.forward(&d.batch(&[&p], &[&seq(10, 9)], &Device::Cpu).unwrap(), Path::Plain).unwrap();
-    let m: f32 = (alone.logit - other.logit).unwrap().abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
+    let other = d
+        .forward(
+            &d.batch(&[&p], &[&seq(10, 9)], &Device::Cpu).unwrap(),
+            Path::Plain,
+        )
+        .unwrap();
+    let m: f32 = (alone.logit - other.logit)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     assert!(m > 1e-6);
 }
 

@@ -4,7 +4,9 @@
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
-use engine::models::{Adapter, AdapterConfig, Decoder, DecoderConfig, Discriminator, DiscriminatorConfig, Path};
+use engine::models::{
+    Adapter, AdapterConfig, Decoder, DecoderConfig, Discriminator, DiscriminatorConfig, Path,
+};
 
 const V: usize = 373;
 
@@ -26,11 +28,16 @@ fn weighted_sum(x: &Tensor, seed: u64) -> Tensor {
     let mut s = seed;
     let w: Vec<f64> = (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 33) as f64 / (1u64 << 31) as f64) - 0.5
         })
         .collect();
-    let w = Tensor::from_vec(w, x.shape(), x.device()).unwrap().to_dtype(x.dtype()).unwrap();
+    let w = Tensor::from_vec(w, x.shape(), x.device())
+        .unwrap()
+        .to_dtype(x.dtype())
+        .unwrap();
     (x * w).unwrap().sum_all().unwrap()
 }
 
@@ -40,17 +47,39 @@ fn assert_all_grads(vm: &VarMap, loss: &Tensor, what: &str) {
     let data = vm.data().lock().unwrap();
     assert!(!data.is_empty());
     for (name, var) in data.iter() {
-        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{what}: `{name}` got no gradient"));
-        let v: Vec<f32> = g.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        assert!(v.iter().all(|x| x.is_finite()), "{what}: `{name}` has a non-finite gradient");
-        assert!(v.iter().any(|&x| x != 0.0), "{what}: `{name}` has an all-zero gradient");
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{what}: `{name}` got no gradient"));
+        let v: Vec<f32> = g
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(
+            v.iter().all(|x| x.is_finite()),
+            "{what}: `{name}` has a non-finite gradient"
+        );
+        assert!(
+            v.iter().any(|&x| x != 0.0),
+            "{what}: `{name}` has an all-zero gradient"
+        );
     }
 }
 
 fn cross_entropy(logits: &Tensor, ids: &Tensor) -> Tensor {
     let (b, t, v) = logits.dims3().unwrap();
-    let l = logits.narrow(1, 0, t - 1).unwrap().reshape((b * (t - 1), v)).unwrap();
-    let y = ids.narrow(1, 1, t - 1).unwrap().reshape(b * (t - 1)).unwrap();
+    let l = logits
+        .narrow(1, 0, t - 1)
+        .unwrap()
+        .reshape((b * (t - 1), v))
+        .unwrap();
+    let y = ids
+        .narrow(1, 1, t - 1)
+        .unwrap()
+        .reshape(b * (t - 1))
+        .unwrap();
     candle_nn::loss::cross_entropy(&l, &y).unwrap()
 }
 
@@ -70,7 +99,10 @@ fn the_fused_path_really_drops_gradients() {
     let loss = cross_entropy(&d.forward(&x, None).unwrap(), &x);
     let grads = loss.backward().unwrap();
     let data = vm.data().lock().unwrap();
-    let missing = data.values().filter(|v| grads.get(v.as_tensor()).is_none()).count();
+    let missing = data
+        .values()
+        .filter(|v| grads.get(v.as_tensor()).is_none())
+        .count();
     assert!(missing > 0);
 }
 
@@ -80,7 +112,10 @@ fn every_adapter_variable_gets_a_gradient() {
     let x = ids(&Device::Cpu);
     let hidden = d.forward_hidden(&x, None, Path::Plain).unwrap().detach();
     for dim in [32, 16] {
-        let cfg = AdapterConfig { dim, ..AdapterConfig::tiny() };
+        let cfg = AdapterConfig {
+            dim,
+            ..AdapterConfig::tiny()
+        };
         let vm = VarMap::new();
         let a = Adapter::fresh(&cfg, &d, &vm, DType::F32, &Device::Cpu).unwrap();
         // At the pass-through start, the zero-initialised output projections must get a
@@ -95,13 +130,23 @@ fn every_adapter_variable_gets_a_gradient() {
             };
             if zero_start {
                 let g = grads.get(var.as_tensor()).unwrap();
-                let m: f32 = g.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+                let m: f32 = g
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar()
+                    .unwrap();
                 assert!(m > 0.0, "{name} gets no gradient at the pass-through start");
             }
         }
         // Away from the start, every variable gets one.
         for var in vm.all_vars() {
-            let t = (var.as_tensor() + Tensor::randn(0f32, 0.05, var.shape(), &Device::Cpu).unwrap()).unwrap();
+            let t = (var.as_tensor()
+                + Tensor::randn(0f32, 0.05, var.shape(), &Device::Cpu).unwrap())
+            .unwrap();
             var.set(&t).unwrap();
         }
         let loss = cross_entropy(&a.forward_train(&hidden).unwrap(), &x);
@@ -117,14 +162,28 @@ fn every_discriminator_variable_gets_a_gradient() {
     let p0: Vec<u32> = vec![3, 10, 50, 60, 3, 12];
     let c0: Vec<u32> = vec![3, 40, 41, 42, 3, 43, 44, 3, 45];
     let c1: Vec<u32> = vec![70, 71, 3, 72];
-    let batch = d.batch(&[&p0, &p0[..3]], &[&c0, &c1], &Device::Cpu).unwrap();
+    let batch = d
+        .batch(&[&p0, &p0[..3]], &[&c0, &c1], &Device::Cpu)
+        .unwrap();
     let out = d.forward(&batch, Path::Plain).unwrap();
     // Binary cross-entropy against "first real, second fake", plus the sub-scores so each
     // head's own parameters matter on their own too.
     let y = Tensor::new(&[1f32, 0.], &Device::Cpu).unwrap();
     let logit = &out.logit;
     let bce = (logit.relu().unwrap() - (logit * &y).unwrap()).unwrap();
-    let bce = (bce + logit.abs().unwrap().neg().unwrap().exp().unwrap().affine(1.0, 1.0).unwrap().log().unwrap()).unwrap();
+    let bce = (bce
+        + logit
+            .abs()
+            .unwrap()
+            .neg()
+            .unwrap()
+            .exp()
+            .unwrap()
+            .affine(1.0, 1.0)
+            .unwrap()
+            .log()
+            .unwrap())
+    .unwrap();
     let loss = (bce.mean_all().unwrap() + weighted_sum(&out.bar_scores, 3)).unwrap();
     assert_all_grads(&vm, &loss, "discriminator");
 }
@@ -133,22 +192,36 @@ fn every_discriminator_variable_gets_a_gradient() {
 fn finite_difference_check(vm: &VarMap, loss_fn: &dyn Fn() -> Tensor, what: &str) {
     let loss = loss_fn();
     let grads = loss.backward().unwrap();
-    let vars: Vec<(String, Var)> = vm.data().lock().unwrap().iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+    let vars: Vec<(String, Var)> = vm
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
     let eps = 1e-6;
     let mut checked = 0;
     for (name, var) in vars {
-        let g: Vec<f64> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let g: Vec<f64> = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let orig: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
         let n = orig.len();
         for &i in &[0, n / 2, n - 1] {
             let eval = |delta: f64| {
                 let mut w = orig.clone();
                 w[i] += delta;
-                var.set(&Tensor::from_vec(w, var.shape(), &Device::Cpu).unwrap()).unwrap();
+                var.set(&Tensor::from_vec(w, var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
                 loss_fn().to_scalar::<f64>().unwrap()
             };
             let numeric = (eval(eps) - eval(-eps)) / (2.0 * eps);
-            var.set(&Tensor::from_vec(orig.clone(), var.shape(), &Device::Cpu).unwrap()).unwrap();
+            var.set(&Tensor::from_vec(orig.clone(), var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
             let err = (numeric - g[i]).abs();
             assert!(
                 err <= 1e-6 + 1e-4 * numeric.abs().max(g[i].abs()),
@@ -165,17 +238,29 @@ fn finite_difference_check(vm: &VarMap, loss_fn: &dyn Fn() -> Tensor, what: &str
 fn decoder_and_adapter_gradients_match_finite_differences() {
     let (d, vm) = decoder(DType::F64);
     let x = ids(&Device::Cpu);
-    finite_difference_check(&vm, &|| weighted_sum(&d.forward_train(&x).unwrap(), 1), "decoder");
+    finite_difference_check(
+        &vm,
+        &|| weighted_sum(&d.forward_train(&x).unwrap(), 1),
+        "decoder",
+    );
 
-    let cfg = AdapterConfig { dim: 16, ..AdapterConfig::tiny() };
+    let cfg = AdapterConfig {
+        dim: 16,
+        ..AdapterConfig::tiny()
+    };
     let avm = VarMap::new();
     let a = Adapter::fresh(&cfg, &d, &avm, DType::F64, &Device::Cpu).unwrap();
     for var in avm.all_vars() {
-        let t = (var.as_tensor() + Tensor::randn(0f64, 0.05, var.shape(), &Device::Cpu).unwrap()).unwrap();
+        let t = (var.as_tensor() + Tensor::randn(0f64, 0.05, var.shape(), &Device::Cpu).unwrap())
+            .unwrap();
         var.set(&t).unwrap();
     }
     let h = d.forward_hidden(&x, None, Path::Plain).unwrap().detach();
-    finite_difference_check(&avm, &|| weighted_sum(&a.forward_train(&h).unwrap(), 2), "adapter");
+    finite_difference_check(
+        &avm,
+        &|| weighted_sum(&a.forward_train(&h).unwrap(), 2),
+        "adapter",
+    );
 }
 
 #[test]

@@ -71,7 +71,11 @@ pub fn run(args: Args) -> Result<()> {
             result.tokens,
             result.mean_nll,
             result.perplexity(),
-            if model.adapter.is_some() { ", with adapter" } else { "" }
+            if model.adapter.is_some() {
+                ", with adapter"
+            } else {
+                ""
+            }
         );
     }
     Ok(())

@@ -143,7 +143,12 @@ pub struct Adapter {
 impl Adapter {
     /// Builds the adapter from `vb` (a loaded file, or a `VarMap` for fresh variables: output
     /// projections then start at zero). For an exact pass-through start use [`Adapter::fresh`].
-    pub fn new(cfg: &AdapterConfig, decoder_dim: usize, num_tokens: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        cfg: &AdapterConfig,
+        decoder_dim: usize,
+        num_tokens: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let stack = cfg.stack(decoder_dim);
         let proj = if cfg.dim != decoder_dim {
             Some((
@@ -165,7 +170,13 @@ impl Adapter {
 
     /// A trainable adapter in `varmap` that starts as an exact pass-through of `decoder`: the
     /// final norm and logits head are copies of the decoder's, every branch output is zero.
-    pub fn fresh(cfg: &AdapterConfig, decoder: &Decoder, varmap: &VarMap, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn fresh(
+        cfg: &AdapterConfig,
+        decoder: &Decoder,
+        varmap: &VarMap,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let (gamma, head) = decoder.head()?;
         {
             let mut data = varmap.data().lock().expect("VarMap lock poisoned");
@@ -184,7 +195,11 @@ impl Adapter {
     }
 
     /// Every tensor of `adapter.safetensors` and its shape.
-    pub fn tensor_specs(cfg: &AdapterConfig, decoder_dim: usize, num_tokens: usize) -> Vec<(String, Vec<usize>)> {
+    pub fn tensor_specs(
+        cfg: &AdapterConfig,
+        decoder_dim: usize,
+        num_tokens: usize,
+    ) -> Vec<(String, Vec<usize>)> {
         let mut specs = Vec::new();
         if cfg.dim != decoder_dim {
             specs.push(("proj_in.weight".to_string(), vec![cfg.dim, decoder_dim]));
@@ -211,7 +226,12 @@ impl Adapter {
 
     /// Logits `(b, t, num_tokens)` from the decoder's pre-final-norm hidden state `(b, t, dim)`
     /// ([`Decoder::forward_hidden`]). With a cache, continues the cached positions.
-    pub fn forward_with(&self, hidden: &Tensor, cache: Option<&mut KvCache>, path: Path) -> Result<Tensor> {
+    pub fn forward_with(
+        &self,
+        hidden: &Tensor,
+        cache: Option<&mut KvCache>,
+        path: Path,
+    ) -> Result<Tensor> {
         let x = match &self.proj {
             Some((proj_in, _)) => proj_in.forward(hidden)?,
             None => hidden.clone(),
@@ -219,10 +239,15 @@ impl Adapter {
         let z = match cache {
             Some(c) => {
                 if c.depth() != self.cfg.depth {
-                    candle_core::bail!("cache has {} layers, adapter has {}", c.depth(), self.cfg.depth);
+                    candle_core::bail!(
+                        "cache has {} layers, adapter has {}",
+                        c.depth(),
+                        self.cfg.depth
+                    );
                 }
                 let offset = c.len();
-                self.layers.forward(&x, None, None, offset, Some(c.layers_mut()), path)?
+                self.layers
+                    .forward(&x, None, None, offset, Some(c.layers_mut()), path)?
             }
             None => self.layers.forward(&x, None, None, 0, None, path)?,
         };

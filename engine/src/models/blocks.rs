@@ -211,7 +211,13 @@ impl Rotary {
     }
 
     /// cos and sin tables, shape `(t, rot_dim / 2)`, for positions `offset..offset + t`.
-    fn tables(&self, offset: usize, t: usize, dtype: DType, dev: &Device) -> Result<(Tensor, Tensor)> {
+    fn tables(
+        &self,
+        offset: usize,
+        t: usize,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
         let mut cos = Vec::with_capacity(t * half);
         let mut sin = Vec::with_capacity(t * half);
@@ -605,7 +611,15 @@ impl AttentionLayers {
 pub(crate) fn causal_mask(t: usize, offset: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
     let total = offset + t;
     let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..total).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Tensor::from_vec(mask, (t, total), dev)?.to_dtype(dtype)
 }

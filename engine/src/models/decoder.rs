@@ -104,7 +104,15 @@ impl DecoderConfig {
         if !self.rotary_pos_emb {
             return Err("decoder.rotary_pos_emb must be true (the engine implements rotary positions only; x-transformers' default is false)".into());
         }
-        validate_shape("decoder", self.dim, self.depth, self.heads, self.attn_dim_head, self.ff_mult, self.rot_dim())
+        validate_shape(
+            "decoder",
+            self.dim,
+            self.depth,
+            self.heads,
+            self.attn_dim_head,
+            self.ff_mult,
+            self.rot_dim(),
+        )
     }
 
     pub(crate) fn stack(&self) -> StackConfig {
@@ -138,7 +146,7 @@ pub(crate) fn validate_shape(
             "{what}: dim, depth, heads, attn_dim_head and ff_mult must all be positive"
         ));
     }
-    if rot_dim == 0 || rot_dim % 2 != 0 || rot_dim > dim_head {
+    if rot_dim == 0 || !rot_dim.is_multiple_of(2) || rot_dim > dim_head {
         return Err(format!(
             "{what}.rotary_emb_dim = {rot_dim}: must be even, positive and at most attn_dim_head = {dim_head}"
         ));
@@ -175,7 +183,10 @@ impl Decoder {
 
     /// Every tensor of the PyTorch `state_dict()` and its shape.
     pub fn tensor_specs(num_tokens: usize, cfg: &DecoderConfig) -> Vec<(String, Vec<usize>)> {
-        let mut specs = vec![("token_emb.emb.weight".to_string(), vec![num_tokens, cfg.dim])];
+        let mut specs = vec![(
+            "token_emb.emb.weight".to_string(),
+            vec![num_tokens, cfg.dim],
+        )];
         specs.extend(
             cfg.stack()
                 .tensor_specs()
@@ -222,15 +233,25 @@ impl Decoder {
 
     /// Residual stream after the last block, *before* the final norm: `(b, t, dim)`. This is
     /// what the adapter reads. With a cache, `ids` continue the cached positions.
-    pub fn forward_hidden(&self, ids: &Tensor, cache: Option<&mut KvCache>, path: Path) -> Result<Tensor> {
+    pub fn forward_hidden(
+        &self,
+        ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        path: Path,
+    ) -> Result<Tensor> {
         let x = self.token_emb.forward(ids)?;
         match cache {
             Some(c) => {
                 if c.depth() != self.cfg.depth {
-                    candle_core::bail!("cache has {} layers, decoder has {}", c.depth(), self.cfg.depth);
+                    candle_core::bail!(
+                        "cache has {} layers, decoder has {}",
+                        c.depth(),
+                        self.cfg.depth
+                    );
                 }
                 let offset = c.len();
-                self.layers.forward(&x, None, None, offset, Some(c.layers_mut()), path)
+                self.layers
+                    .forward(&x, None, None, offset, Some(c.layers_mut()), path)
             }
             None => self.layers.forward(&x, None, None, 0, None, path),
         }
@@ -262,13 +283,21 @@ impl Decoder {
         Ok(Self {
             layers: self.layers.quantize(GgmlDType::Q8_0)?,
             to_logits: self.to_logits.quantize(GgmlDType::Q8_0)?,
-            token_emb: Embedding::new(self.token_emb.embeddings().to_dtype(candle_core::DType::F32)?, self.cfg.dim),
+            token_emb: Embedding::new(
+                self.token_emb
+                    .embeddings()
+                    .to_dtype(candle_core::DType::F32)?,
+                self.cfg.dim,
+            ),
             ..self.clone()
         })
     }
 
     /// The final norm's gain and the logits head, which a fresh adapter copies.
     pub(crate) fn head(&self) -> Result<(Tensor, Tensor)> {
-        Ok((self.layers.final_norm().gamma().clone(), self.to_logits.weight()?))
+        Ok((
+            self.layers.final_norm().gamma().clone(),
+            self.to_logits.weight()?,
+        ))
     }
 }

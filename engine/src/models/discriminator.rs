@@ -21,7 +21,9 @@ use candle_core::{Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::blocks::{key_padding_mask, softmax_plain, AttentionLayers, Linear, Path, StackConfig, W_INIT};
+use super::blocks::{
+    key_padding_mask, softmax_plain, AttentionLayers, Linear, Path, StackConfig, W_INIT,
+};
 use super::decoder::validate_shape;
 
 fn d_depth() -> usize {
@@ -219,7 +221,10 @@ impl DiscriminatorBatch {
             .iter()
             .map(|c| bar_indices(c, cfg.bar_token_id))
             .collect();
-        let bars: Vec<usize> = bar_idx.iter().map(|v| v.last().map_or(0, |l| l + 1)).collect();
+        let bars: Vec<usize> = bar_idx
+            .iter()
+            .map(|v| v.last().map_or(0, |l| l + 1))
+            .collect();
         let nb = bars.iter().copied().max().unwrap_or(0);
         let mut membership = vec![0f32; b * nb * tc];
         let mut bar_mask = vec![0f32; b * nb];
@@ -304,9 +309,15 @@ impl Discriminator {
         let d = cfg.dim;
         Ok(Self {
             token_emb: Embedding::new(emb, d),
-            prime_encoder: AttentionLayers::new(&cfg.stack(cfg.prime_depth, false), vb.pp("prime_encoder"))?,
+            prime_encoder: AttentionLayers::new(
+                &cfg.stack(cfg.prime_depth, false),
+                vb.pp("prime_encoder"),
+            )?,
             encoder: AttentionLayers::new(&cfg.stack(cfg.depth, true), vb.pp("encoder"))?,
-            order_encoder: AttentionLayers::new(&cfg.stack(cfg.order_depth, false), vb.pp("order_encoder"))?,
+            order_encoder: AttentionLayers::new(
+                &cfg.stack(cfg.order_depth, false),
+                vb.pp("order_encoder"),
+            )?,
             token_head: Linear::new(d, 1, true, false, vb.pp("token_head"))?,
             bar_attn: Linear::new(d, 1, true, false, vb.pp("bar_attn"))?,
             bar_head: Linear::new(d, 1, true, false, vb.pp("bar_head"))?,
@@ -348,7 +359,12 @@ impl Discriminator {
     }
 
     /// Builds a padded batch with this network's bar and pad ids.
-    pub fn batch(&self, primes: &[&[u32]], continuations: &[&[u32]], device: &Device) -> super::Result<DiscriminatorBatch> {
+    pub fn batch(
+        &self,
+        primes: &[&[u32]],
+        continuations: &[&[u32]],
+        device: &Device,
+    ) -> super::Result<DiscriminatorBatch> {
         DiscriminatorBatch::new(primes, continuations, &self.cfg, device)
     }
 
@@ -360,11 +376,15 @@ impl Discriminator {
         let cm = key_padding_mask(&batch.continuation_mask, emb_dtype)?;
 
         let p = self.token_emb.forward(&batch.prime)?;
-        let ctx = self.prime_encoder.forward(&p, Some(&pm), None, 0, None, path)?;
+        let ctx = self
+            .prime_encoder
+            .forward(&p, Some(&pm), None, 0, None, path)?;
         let ctx = self.prime_encoder.final_norm().forward(&ctx, path)?;
 
         let x = self.token_emb.forward(&batch.continuation)?;
-        let h = self.encoder.forward(&x, Some(&cm), Some((&ctx, Some(&pm))), 0, None, path)?;
+        let h = self
+            .encoder
+            .forward(&x, Some(&cm), Some((&ctx, Some(&pm))), 0, None, path)?;
         let h = self.encoder.final_norm().forward(&h, path)?;
 
         // Token head: masked mean of the token states.
@@ -387,9 +407,14 @@ impl Discriminator {
 
         // Bar order head: bar embeddings through a small bidirectional transformer.
         let om = key_padding_mask(&batch.bar_mask, emb_dtype)?;
-        let o = self.order_encoder.forward(&bar_embeddings, Some(&om), None, 0, None, path)?;
+        let o = self
+            .order_encoder
+            .forward(&bar_embeddings, Some(&om), None, 0, None, path)?;
         let o = self.order_encoder.final_norm().forward(&o, path)?;
-        let order_score = self.order_head.forward(&masked_mean(&o, &bmask)?)?.squeeze(D::Minus1)?;
+        let order_score = self
+            .order_head
+            .forward(&masked_mean(&o, &bmask)?)?
+            .squeeze(D::Minus1)?;
 
         let scores = Tensor::stack(&[&token_score, &bar_score, &order_score], D::Minus1)?;
         let logit = self.fuse.forward(&scores)?.squeeze(D::Minus1)?;

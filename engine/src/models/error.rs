@@ -48,7 +48,9 @@ pub enum Error {
     #[error("{file}: {reason}")]
     Config { file: PathBuf, reason: String },
     /// The tokenizer's vocabulary does not match the model's `num_tokens`.
-    #[error("{file}: the tokenizer has {found} tokens but config.json says num_tokens = {expected}")]
+    #[error(
+        "{file}: the tokenizer has {found} tokens but config.json says num_tokens = {expected}"
+    )]
     VocabSize {
         file: PathBuf,
         expected: usize,

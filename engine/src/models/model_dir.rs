@@ -137,7 +137,10 @@ impl ModelConfig {
             return Err("num_tokens must be positive".into());
         }
         if self.max_seq_len < 2 {
-            return Err(format!("max_seq_len = {} is too short (at least 2)", self.max_seq_len));
+            return Err(format!(
+                "max_seq_len = {} is too short (at least 2)",
+                self.max_seq_len
+            ));
         }
         self.decoder.validate()?;
         if let Some(a) = &self.adapter {
@@ -145,7 +148,9 @@ impl ModelConfig {
         }
         if let Some(d) = &self.discriminator {
             d.validate()?;
-            if d.bar_token_id as usize >= self.num_tokens || d.pad_token_id as usize >= self.num_tokens {
+            if d.bar_token_id as usize >= self.num_tokens
+                || d.pad_token_id as usize >= self.num_tokens
+            {
                 return Err(format!(
                     "discriminator.bar_token_id / pad_token_id must be below num_tokens = {}",
                     self.num_tokens
@@ -242,7 +247,11 @@ impl ModelCache {
     pub fn repeat_batch(&self, n: usize) -> candle_core::Result<Self> {
         Ok(Self {
             decoder: self.decoder.repeat_batch(n)?,
-            adapter: self.adapter.as_ref().map(|a| a.repeat_batch(n)).transpose()?,
+            adapter: self
+                .adapter
+                .as_ref()
+                .map(|a| a.repeat_batch(n))
+                .transpose()?,
         })
     }
 }
@@ -303,7 +312,10 @@ impl Model {
     pub fn load_adapter(&mut self, file: &Path, opts: &LoadOptions) -> Result<()> {
         let cfg = self.config.adapter.clone().ok_or_else(|| Error::Config {
             file: self.dir.join(CONFIG_FILE),
-            reason: format!("{} is given but config.json has no \"adapter\" section", file.display()),
+            reason: format!(
+                "{} is given but config.json has no \"adapter\" section",
+                file.display()
+            ),
         })?;
         let dim = self.config.decoder.dim;
         let specs = Adapter::tensor_specs(&cfg, dim, self.config.num_tokens);
@@ -333,10 +345,16 @@ impl Model {
     pub fn step(&self, ids: &Tensor, cache: &mut ModelCache) -> candle_core::Result<Tensor> {
         match (&self.adapter, &mut cache.adapter) {
             (Some(adapter), Some(acache)) => {
-                let h = self.decoder.forward_hidden(ids, Some(&mut cache.decoder), super::Path::Fused)?;
+                let h = self.decoder.forward_hidden(
+                    ids,
+                    Some(&mut cache.decoder),
+                    super::Path::Fused,
+                )?;
                 adapter.forward(&h, Some(acache))
             }
-            (Some(_), None) => candle_core::bail!("the model has an adapter but the cache has none: use Model::new_cache"),
+            (Some(_), None) => candle_core::bail!(
+                "the model has an adapter but the cache has none: use Model::new_cache"
+            ),
             (None, _) => self.decoder.forward(ids, Some(&mut cache.decoder)),
         }
     }
@@ -344,7 +362,10 @@ impl Model {
     /// Full-sequence logits without a cache (decoder + adapter when loaded).
     pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         match &self.adapter {
-            Some(a) => a.forward(&self.decoder.forward_hidden(ids, None, super::Path::Fused)?, None),
+            Some(a) => a.forward(
+                &self.decoder.forward_hidden(ids, None, super::Path::Fused)?,
+                None,
+            ),
             None => self.decoder.forward(ids, None),
         }
     }
@@ -354,7 +375,11 @@ fn load_decoder(file: &Path, cfg: &ModelConfig, dtype: DType, dev: &Device) -> R
     let specs = Decoder::tensor_specs(cfg.num_tokens, &cfg.decoder);
     let mut tensors = load_checked(file, &specs, dtype, dev)?;
     let vb_tensors = std::mem::take(&mut tensors);
-    let decoder = Decoder::new(cfg.num_tokens, &cfg.decoder, VarBuilder::from_tensors(vb_tensors.clone(), dtype, dev))?;
+    let decoder = Decoder::new(
+        cfg.num_tokens,
+        &cfg.decoder,
+        VarBuilder::from_tensors(vb_tensors.clone(), dtype, dev),
+    )?;
     // inv_freq is a buffer PyTorch saves; when present it must agree with the config (it is
     // how a different rotary base or dimension would show up).
     let name = "attn_layers.rotary_pos_emb.inv_freq";
@@ -374,7 +399,9 @@ fn load_decoder(file: &Path, cfg: &ModelConfig, dtype: DType, dev: &Device) -> R
             return Err(Error::Value {
                 file: file.to_path_buf(),
                 tensor: name.into(),
-                reason: format!("element {i} is {f}, but rotary base 10000 with this config gives {e}"),
+                reason: format!(
+                    "element {i} is {f}, but rotary base 10000 with this config gives {e}"
+                ),
             });
         }
     }

@@ -57,7 +57,8 @@ pub fn mean_nll(
             Some(a) => a.forward(&decoder.forward_hidden(&window, None, Path::Fused)?, None)?,
             None => decoder.forward(&window, None)?,
         };
-        let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?.squeeze(0)?, D::Minus1)?;
+        let logp =
+            candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?.squeeze(0)?, D::Minus1)?;
         // Row i predicts position start + i + 1.
         let first_row = next_target - 1 - start;
         let rows = end - next_target;
