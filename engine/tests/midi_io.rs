@@ -1,0 +1,148 @@
+//! Reading and writing standard MIDI files: the merge rules, round trips, and bad input.
+
+use std::path::{Path, PathBuf};
+
+use engine::midi::{MidiErrorKind, Note, Score, MAX_FILE_BYTES};
+use engine::time::{Ticks, TimeSignature};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tokenizer/midi").join(name)
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("continuator-midi-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A minimal SMF with the given header timing word and one track's raw event bytes.
+fn smf(format: u16, division: [u8; 2], tracks: &[&[u8]]) -> Vec<u8> {
+    let mut out = b"MThd".to_vec();
+    out.extend(6u32.to_be_bytes());
+    out.extend(format.to_be_bytes());
+    out.extend((tracks.len() as u16).to_be_bytes());
+    out.extend(division);
+    for t in tracks {
+        out.extend(b"MTrk");
+        out.extend((t.len() as u32).to_be_bytes());
+        out.extend(*t);
+    }
+    out
+}
+
+#[test]
+fn format_0_with_running_status_and_velocity_zero_offs() {
+    // 96 tpq; note on C4, running status note on E4, then offs as velocity-0 note-ons.
+    let track: &[u8] = &[
+        0x00, 0x90, 60, 100, // on C4
+        0x00, 64, 90, // running status: on E4
+        0x60, 60, 0, // off C4 after 96 ticks
+        0x30, 64, 0, // off E4 after 48 more
+        0x00, 0xFF, 0x2F, 0x00,
+    ];
+    let score = Score::from_bytes(&smf(0, [0, 96], &[track])).unwrap();
+    assert_eq!(score.ticks_per_quarter, 96);
+    assert_eq!(
+        score.notes,
+        vec![
+            Note { start: Ticks(0), duration: Ticks(96), pitch: 60, velocity: 100 },
+            Note { start: Ticks(0), duration: Ticks(144), pitch: 64, velocity: 90 },
+        ]
+    );
+}
+
+#[test]
+fn overlapping_same_key_notes_close_first_in_first_out_and_unclosed_notes_drop() {
+    let track: &[u8] = &[
+        0x00, 0x90, 60, 100, // on (a)
+        0x10, 0x90, 60, 50, // on (b) while (a) sounds
+        0x10, 0x80, 60, 0, // off closes (a)
+        0x10, 0x80, 60, 0, // off closes (b)
+        0x00, 0x90, 72, 80, // never closed: dropped
+        0x00, 0xFF, 0x2F, 0x00,
+    ];
+    let score = Score::from_bytes(&smf(0, [0, 96], &[track])).unwrap();
+    assert_eq!(
+        score.notes,
+        vec![
+            Note { start: Ticks(0), duration: Ticks(32), pitch: 60, velocity: 100 },
+            Note { start: Ticks(16), duration: Ticks(32), pitch: 60, velocity: 50 },
+        ]
+    );
+}
+
+#[test]
+fn tracks_merge_and_drums_drop() {
+    let score = Score::read_file(fixture("multitrack.mid")).unwrap();
+    // 16 melody notes + 4 bass notes; the 8 drum notes on channel 10 are gone.
+    assert_eq!(score.notes.len(), 20);
+    assert!(score.notes.iter().all(|n| n.pitch != 36));
+    assert!(score.notes.windows(2).all(|w| (w[0].start, w[0].duration, w[0].pitch) <= (w[1].start, w[1].duration, w[1].pitch)));
+}
+
+#[test]
+fn meter_and_tempo_maps_are_read() {
+    let score = Score::read_file(fixture("waltz_then_6_8.mid")).unwrap();
+    assert_eq!(score.ticks_per_quarter, 96);
+    let sigs: Vec<(u64, String)> = score.time_signatures.iter().map(|t| (t.time.0, t.signature.to_string())).collect();
+    assert_eq!(sigs, vec![(0, "3/4".to_string()), (1152, "6/8".to_string())]);
+    let tempo = Score::read_file(fixture("tempo_changes.mid")).unwrap();
+    let bpms: Vec<u64> = tempo.tempos.iter().map(|t| t.bpm().round() as u64).collect();
+    assert_eq!(bpms, vec![90, 140]);
+}
+
+#[test]
+fn write_then_read_gives_the_same_score() {
+    let dir = temp_dir("roundtrip");
+    for name in ["waltz_then_6_8.mid", "edges.mid", "chords_triplets.mid", "tempo_changes.mid"] {
+        let score = Score::read_file(fixture(name)).unwrap();
+        let out = dir.join(name);
+        score.write_file(&out).unwrap();
+        let back = Score::read_file(&out).unwrap();
+        assert_eq!(back, score, "{name}");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn bad_files_get_typed_errors_naming_the_file() {
+    let dir = temp_dir("bad");
+    let good = std::fs::read(fixture("scale_4_4.mid")).unwrap();
+    let cases: Vec<(&str, Vec<u8>, fn(&MidiErrorKind) -> bool)> = vec![
+        ("empty.mid", vec![], |k| matches!(k, MidiErrorKind::Empty)),
+        ("text.mid", b"hello, this is not music".to_vec(), |k| matches!(k, MidiErrorKind::NotMidi)),
+        ("cut.mid", good[..good.len() / 2].to_vec(), |k| matches!(k, MidiErrorKind::Truncated(_))),
+        ("header-only.mid", good[..10].to_vec(), |k| matches!(k, MidiErrorKind::Truncated(_))),
+        ("smpte.mid", smf(1, [0xE7, 40], &[&[0x00, 0xFF, 0x2F, 0x00]]), |k| matches!(k, MidiErrorKind::SmpteTiming)),
+        ("zero-tpq.mid", smf(1, [0, 0], &[&[0x00, 0xFF, 0x2F, 0x00]]), |k| matches!(k, MidiErrorKind::ZeroTicksPerQuarter)),
+        ("garbage-events.mid", smf(0, [0, 96], &[&[0x00, 0xF4, 0x99, 0x99]]), |k| matches!(k, MidiErrorKind::Malformed(_) | MidiErrorKind::Truncated(_))),
+    ];
+    for (name, bytes, expected) in cases {
+        let path = dir.join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Score::read_file(&path).expect_err(name);
+        assert!(expected(&err.kind), "{name}: {err}");
+        assert!(err.to_string().contains(name), "error does not name the file: {err}");
+    }
+    let missing = Score::read_file(dir.join("missing.mid")).unwrap_err();
+    assert!(matches!(missing.kind, MidiErrorKind::Io(_)), "{missing}");
+
+    // Absurd sizes are refused before reading (a sparse file costs no disk).
+    let huge = dir.join("huge.mid");
+    let f = std::fs::File::create(&huge).unwrap();
+    f.set_len(MAX_FILE_BYTES as u64 + 1).unwrap();
+    let err = Score::read_file(&huge).unwrap_err();
+    assert!(matches!(err.kind, MidiErrorKind::TooLarge { .. }), "{err}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn score_helpers() {
+    let mut score = Score::new(480);
+    assert_eq!(score.initial_time_signature(), TimeSignature::COMMON);
+    assert_eq!(score.initial_bpm(), 120.0);
+    score.notes.push(Note { start: Ticks(480), duration: Ticks(240), pitch: 60, velocity: 64 });
+    assert_eq!(score.notes[0].end(), Ticks(720));
+    let back = Score::from_bytes(&score.to_bytes().unwrap()).unwrap();
+    assert_eq!(back, score);
+}
