@@ -12,6 +12,7 @@ use nice_plug::prelude::*;
 
 pub mod capture;
 pub mod continuer;
+pub mod editor;
 pub mod inference;
 pub mod model;
 pub mod output;
@@ -235,12 +236,20 @@ impl Plugin for Continuator {
     const MIDI_OUTPUT: MidiConfig = MidiConfig::MidiCCs;
     const SAMPLE_ACCURATE_AUTOMATION: bool = false;
 
-    type Editor = ();
+    type Editor = nice_plug_egui::EguiEditor<editor::StatusApp>;
     type SysExMessage = ();
     type BackgroundTask = ();
 
     fn params(&self) -> Arc<dyn Params> {
         self.params.clone()
+    }
+
+    fn editor(&mut self, _async_executor: AsyncExecutor<Self>) -> Option<Self::Editor> {
+        editor::create(
+            self.params.clone(),
+            self.shared.clone(),
+            editor::default_state(),
+        )
     }
 
     fn activate(

@@ -146,7 +146,7 @@ impl Processor {
         }
         let (clock, change) = self.tracker.update(host);
         if matches!(change, Change::Stopped | Change::Jumped) {
-            tracing::trace!(?change, "transport moved: releasing generated notes");
+            // Not logged: formatting a log line allocates, and this is the audio thread.
             self.scheduler.stop_all(out, 0);
         }
         if settings.bypass && !self.was_bypassed {
