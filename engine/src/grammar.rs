@@ -22,7 +22,11 @@ pub enum GrammarError {
     #[error("the vocabulary has no {0:?} token")]
     Missing(TokenKind),
     #[error("token {token} (id {id}) is not allowed {state}")]
-    NotAllowed { id: TokenId, token: String, state: String },
+    NotAllowed {
+        id: TokenId,
+        token: String,
+        state: String,
+    },
 }
 
 /// Where in the grammar a sequence is.
@@ -131,7 +135,9 @@ impl Allowed {
     }
 
     pub fn ranges(&self) -> impl Iterator<Item = Range<TokenId>> + '_ {
-        self.ranges[..usize::from(self.len)].iter().map(|&(a, b)| a..b)
+        self.ranges[..usize::from(self.len)]
+            .iter()
+            .map(|&(a, b)| a..b)
     }
 
     pub fn contains(&self, id: TokenId) -> bool {
@@ -249,7 +255,10 @@ impl Grammar {
                 let first = state.position.map_or(0, |p| p + 1);
                 let end = state.bar_positions.min(self.positions.len() as u16);
                 if first < end {
-                    a.push(self.positions.start + TokenId::from(first)..self.positions.start + TokenId::from(end));
+                    a.push(
+                        self.positions.start + TokenId::from(first)
+                            ..self.positions.start + TokenId::from(end),
+                    );
                 }
                 a.single(self.bar);
                 a.single(self.eos);
@@ -281,7 +290,11 @@ impl Grammar {
     /// Moves the state past a token already known to be allowed (e.g. sampled from
     /// [`Grammar::allowed`]).
     pub fn advance_unchecked(&self, state: &mut GrammarState, id: TokenId) {
-        let kind = self.kinds.get(id as usize).copied().unwrap_or(TokenKind::Pad);
+        let kind = self
+            .kinds
+            .get(id as usize)
+            .copied()
+            .unwrap_or(TokenKind::Pad);
         state.phase = match kind {
             TokenKind::Bos => Phase::AfterBos,
             TokenKind::Bar => {
@@ -368,7 +381,10 @@ mod tests {
     use super::*;
 
     fn ids(tok: &Tokenizer, tokens: &[&str]) -> Vec<TokenId> {
-        tokens.iter().map(|s| tok.id(s.parse().unwrap()).unwrap()).collect()
+        tokens
+            .iter()
+            .map(|s| tok.id(s.parse().unwrap()).unwrap())
+            .collect()
     }
 
     #[test]
@@ -378,9 +394,23 @@ mod tests {
         let good = ids(
             &tok,
             &[
-                "BOS_None", "Bar_None", "TimeSig_3/4", "Position_0", "Pitch_60", "Velocity_63",
-                "Duration_1.0.12", "Pitch_64", "Velocity_63", "Duration_1.0.12", "Position_35",
-                "Pitch_67", "Velocity_63", "Duration_0.1.12", "Bar_None", "TimeSig_3/4", "EOS_None",
+                "BOS_None",
+                "Bar_None",
+                "TimeSig_3/4",
+                "Position_0",
+                "Pitch_60",
+                "Velocity_63",
+                "Duration_1.0.12",
+                "Pitch_64",
+                "Velocity_63",
+                "Duration_1.0.12",
+                "Position_35",
+                "Pitch_67",
+                "Velocity_63",
+                "Duration_0.1.12",
+                "Bar_None",
+                "TimeSig_3/4",
+                "EOS_None",
             ],
         );
         let state = g.state_after(&good).unwrap();
@@ -390,9 +420,31 @@ mod tests {
         for bad in [
             vec!["Bar_None", "Position_0"],
             vec!["Bar_None", "TimeSig_3/4", "Position_36"],
-            vec!["Bar_None", "TimeSig_4/4", "Position_5", "Pitch_60", "Velocity_63", "Duration_1.0.12", "Position_5"],
-            vec!["Bar_None", "TimeSig_4/4", "Position_5", "Pitch_60", "EOS_None"],
-            vec!["Bar_None", "TimeSig_4/4", "Position_5", "Pitch_60", "Velocity_63", "EOS_None", "Pitch_60"],
+            vec![
+                "Bar_None",
+                "TimeSig_4/4",
+                "Position_5",
+                "Pitch_60",
+                "Velocity_63",
+                "Duration_1.0.12",
+                "Position_5",
+            ],
+            vec![
+                "Bar_None",
+                "TimeSig_4/4",
+                "Position_5",
+                "Pitch_60",
+                "EOS_None",
+            ],
+            vec![
+                "Bar_None",
+                "TimeSig_4/4",
+                "Position_5",
+                "Pitch_60",
+                "Velocity_63",
+                "EOS_None",
+                "Pitch_60",
+            ],
             vec!["Pitch_60"],
         ] {
             assert!(g.state_after(&ids(&tok, &bad)).is_err(), "{bad:?} accepted");
@@ -408,7 +460,10 @@ mod tests {
         let three_four = TimeSignature::new(3, 4).unwrap();
         state.lock_meter(three_four);
         let allowed = g.allowed(&state);
-        assert_eq!(allowed.ids().collect::<Vec<_>>(), vec![tok.time_signature_id(three_four).unwrap()]);
+        assert_eq!(
+            allowed.ids().collect::<Vec<_>>(),
+            vec![tok.time_signature_id(three_four).unwrap()]
+        );
     }
 
     #[test]
@@ -416,7 +471,17 @@ mod tests {
         let tok = Tokenizer::reference();
         let g = Grammar::new(&tok).unwrap();
         let state = g
-            .state_after(&ids(&tok, &["Bar_None", "TimeSig_4/4", "Position_10", "Pitch_60", "Velocity_63", "Duration_1.0.12"]))
+            .state_after(&ids(
+                &tok,
+                &[
+                    "Bar_None",
+                    "TimeSig_4/4",
+                    "Position_10",
+                    "Pitch_60",
+                    "Velocity_63",
+                    "Duration_1.0.12",
+                ],
+            ))
             .unwrap();
         let mut logits = vec![0.0f32; tok.vocab_size()];
         g.mask_logits(&state, &mut logits);

@@ -5,7 +5,7 @@
 //! module named for it.
 
 pub mod grammar;
-pub mod models;
 pub mod midi;
+pub mod models;
 pub mod time;
 pub mod tokenizer;

@@ -217,14 +217,18 @@ impl Score {
             ));
         }
         for tempo in &self.tempos {
-            let mpq = u24::try_from(tempo.micros_per_quarter.min(0xFF_FFFF)).unwrap_or(u24::max_value());
+            let mpq =
+                u24::try_from(tempo.micros_per_quarter.min(0xFF_FFFF)).unwrap_or(u24::max_value());
             conductor.push((tempo.time, TrackEventKind::Meta(MetaMessage::Tempo(mpq))));
         }
         conductor.sort_by_key(|(t, _)| *t);
         let mut smf_tracks = vec![to_track(conductor)?];
         for track in tracks {
-            let mut events: Vec<(Ticks, u8, TrackEventKind<'_>)> =
-                vec![(Ticks::ZERO, 0, TrackEventKind::Meta(MetaMessage::TrackName(track.name.as_bytes())))];
+            let mut events: Vec<(Ticks, u8, TrackEventKind<'_>)> = vec![(
+                Ticks::ZERO,
+                0,
+                TrackEventKind::Meta(MetaMessage::TrackName(track.name.as_bytes())),
+            )];
             for note in track.notes {
                 let key = u7::from(note.pitch.min(127));
                 // Offs sort before ons at the same tick, so a repeated key is not cut short.
@@ -233,7 +237,10 @@ impl Score {
                     1,
                     TrackEventKind::Midi {
                         channel: u4::from(0),
-                        message: MidiMessage::NoteOff { key, vel: u7::from(0) },
+                        message: MidiMessage::NoteOff {
+                            key,
+                            vel: u7::from(0),
+                        },
                     },
                 ));
                 events.push((
@@ -249,14 +256,17 @@ impl Score {
                 ));
             }
             events.sort_by_key(|(t, order, _)| (*t, *order));
-            smf_tracks.push(to_track(events.into_iter().map(|(t, _, k)| (t, k)).collect())?);
+            smf_tracks.push(to_track(
+                events.into_iter().map(|(t, _, k)| (t, k)).collect(),
+            )?);
         }
         let smf = Smf {
             header: Header::new(Format::Parallel, Timing::Metrical(tpq)),
             tracks: smf_tracks,
         };
         let mut out = Vec::new();
-        smf.write(&mut out).map_err(|e| MidiErrorKind::Malformed(e.to_string()))?;
+        smf.write(&mut out)
+            .map_err(|e| MidiErrorKind::Malformed(e.to_string()))?;
         Ok(out)
     }
 
@@ -286,7 +296,9 @@ pub struct NoteTrack<'a> {
 
 /// Writes through a temporary file and a rename, so a crash never leaves half a file behind.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let file_name = path.file_name().map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
+    let file_name = path
+        .file_name()
+        .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
     let tmp = path.with_file_name(format!(".{file_name}.tmp{}", std::process::id()));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path).inspect_err(|_| {
@@ -294,7 +306,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     })
 }
 
-fn to_track(mut events: Vec<(Ticks, TrackEventKind<'_>)>) -> Result<Vec<TrackEvent<'_>>, MidiErrorKind> {
+fn to_track(
+    mut events: Vec<(Ticks, TrackEventKind<'_>)>,
+) -> Result<Vec<TrackEvent<'_>>, MidiErrorKind> {
     let end = events.last().map_or(Ticks::ZERO, |(t, _)| *t);
     events.push((end, TrackEventKind::Meta(MetaMessage::EndOfTrack)));
     let mut previous = Ticks::ZERO;
@@ -378,7 +392,11 @@ impl Default for NoteReader {
 const OPEN: Ticks = Ticks(u64::MAX);
 
 impl NoteReader {
-    fn read_track(&mut self, track: &[TrackEvent<'_>], score: &mut Score) -> Result<(), MidiErrorKind> {
+    fn read_track(
+        &mut self,
+        track: &[TrackEvent<'_>],
+        score: &mut Score,
+    ) -> Result<(), MidiErrorKind> {
         let first_note = score.notes.len();
         let mut now = Ticks::ZERO;
         for event in track {
@@ -419,7 +437,10 @@ impl NoteReader {
                         .filter(|_| pow < 8)
                         .and_then(|denominator| TimeSignature::new(numerator, denominator));
                     if let Some(signature) = signature {
-                        score.time_signatures.push(TimeSignatureChange { time: now, signature });
+                        score.time_signatures.push(TimeSignatureChange {
+                            time: now,
+                            signature,
+                        });
                     }
                 }
                 TrackEventKind::Meta(MetaMessage::Tempo(mpq)) => score.tempos.push(TempoChange {

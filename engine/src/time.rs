@@ -125,7 +125,10 @@ mod tests {
         assert!(TimeSignature::new(0, 4).is_none());
         assert!(TimeSignature::new(3, 0).is_none());
         assert!(TimeSignature::new(3, 6).is_none());
-        assert_eq!(TimeSignature::new(6, 8).unwrap().quarters_per_bar(), Beats(3.0));
+        assert_eq!(
+            TimeSignature::new(6, 8).unwrap().quarters_per_bar(),
+            Beats(3.0)
+        );
     }
 
     #[test]

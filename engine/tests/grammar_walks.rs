@@ -21,7 +21,8 @@ fn every_golden_sequence_is_accepted_token_by_token() {
     for dir in dirs {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
-            let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let record: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
             let mut ids: Vec<TokenId> = vec![tok.bos_id()];
             ids.extend(serde_json::from_value::<Vec<TokenId>>(record["ids"].clone()).unwrap());
             ids.push(tok.eos_id());
@@ -60,14 +61,23 @@ fn random_walks_always_decode_to_valid_midi() {
         let score = tok.decode(&ids).unwrap();
         for note in &score.notes {
             assert!((21..=108).contains(&note.pitch), "walk {walk}: {note}");
-            assert!(note.duration.0 > 0 && note.velocity > 0, "walk {walk}: {note}");
+            assert!(
+                note.duration.0 > 0 && note.velocity > 0,
+                "walk {walk}: {note}"
+            );
         }
         // Notes come out in time order: positions only increase within a bar.
-        assert!(score.notes.windows(2).all(|w| w[0].start <= w[1].start), "walk {walk}");
+        assert!(
+            score.notes.windows(2).all(|w| w[0].start <= w[1].start),
+            "walk {walk}"
+        );
         let bytes = score.to_bytes().unwrap();
         let back = Score::from_bytes(&bytes).unwrap_or_else(|e| panic!("walk {walk}: {e}"));
         assert_eq!(back.notes.len(), score.notes.len(), "walk {walk}");
         total_notes += score.notes.len();
     }
-    assert!(total_notes > 10_000, "walks produced too few notes ({total_notes}) to mean much");
+    assert!(
+        total_notes > 10_000,
+        "walks produced too few notes ({total_notes}) to mean much"
+    );
 }

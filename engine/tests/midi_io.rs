@@ -6,7 +6,9 @@ use engine::midi::{MidiErrorKind, Note, Score, MAX_FILE_BYTES};
 use engine::time::{Ticks, TimeSignature};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tokenizer/midi").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/tokenizer/midi")
+        .join(name)
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -45,8 +47,18 @@ fn format_0_with_running_status_and_velocity_zero_offs() {
     assert_eq!(
         score.notes,
         vec![
-            Note { start: Ticks(0), duration: Ticks(96), pitch: 60, velocity: 100 },
-            Note { start: Ticks(0), duration: Ticks(144), pitch: 64, velocity: 90 },
+            Note {
+                start: Ticks(0),
+                duration: Ticks(96),
+                pitch: 60,
+                velocity: 100
+            },
+            Note {
+                start: Ticks(0),
+                duration: Ticks(144),
+                pitch: 64,
+                velocity: 90
+            },
         ]
     );
 }
@@ -65,8 +77,18 @@ fn overlapping_same_key_notes_close_first_in_first_out_and_unclosed_notes_drop()
     assert_eq!(
         score.notes,
         vec![
-            Note { start: Ticks(0), duration: Ticks(32), pitch: 60, velocity: 100 },
-            Note { start: Ticks(16), duration: Ticks(32), pitch: 60, velocity: 50 },
+            Note {
+                start: Ticks(0),
+                duration: Ticks(32),
+                pitch: 60,
+                velocity: 100
+            },
+            Note {
+                start: Ticks(16),
+                duration: Ticks(32),
+                pitch: 60,
+                velocity: 50
+            },
         ]
     );
 }
@@ -77,24 +99,42 @@ fn tracks_merge_and_drums_drop() {
     // 16 melody notes + 4 bass notes; the 8 drum notes on channel 10 are gone.
     assert_eq!(score.notes.len(), 20);
     assert!(score.notes.iter().all(|n| n.pitch != 36));
-    assert!(score.notes.windows(2).all(|w| (w[0].start, w[0].duration, w[0].pitch) <= (w[1].start, w[1].duration, w[1].pitch)));
+    assert!(score.notes.windows(2).all(
+        |w| (w[0].start, w[0].duration, w[0].pitch) <= (w[1].start, w[1].duration, w[1].pitch)
+    ));
 }
 
 #[test]
 fn meter_and_tempo_maps_are_read() {
     let score = Score::read_file(fixture("waltz_then_6_8.mid")).unwrap();
     assert_eq!(score.ticks_per_quarter, 96);
-    let sigs: Vec<(u64, String)> = score.time_signatures.iter().map(|t| (t.time.0, t.signature.to_string())).collect();
-    assert_eq!(sigs, vec![(0, "3/4".to_string()), (1152, "6/8".to_string())]);
+    let sigs: Vec<(u64, String)> = score
+        .time_signatures
+        .iter()
+        .map(|t| (t.time.0, t.signature.to_string()))
+        .collect();
+    assert_eq!(
+        sigs,
+        vec![(0, "3/4".to_string()), (1152, "6/8".to_string())]
+    );
     let tempo = Score::read_file(fixture("tempo_changes.mid")).unwrap();
-    let bpms: Vec<u64> = tempo.tempos.iter().map(|t| t.bpm().round() as u64).collect();
+    let bpms: Vec<u64> = tempo
+        .tempos
+        .iter()
+        .map(|t| t.bpm().round() as u64)
+        .collect();
     assert_eq!(bpms, vec![90, 140]);
 }
 
 #[test]
 fn write_then_read_gives_the_same_score() {
     let dir = temp_dir("roundtrip");
-    for name in ["waltz_then_6_8.mid", "edges.mid", "chords_triplets.mid", "tempo_changes.mid"] {
+    for name in [
+        "waltz_then_6_8.mid",
+        "edges.mid",
+        "chords_triplets.mid",
+        "tempo_changes.mid",
+    ] {
         let score = Score::read_file(fixture(name)).unwrap();
         let out = dir.join(name);
         score.write_file(&out).unwrap();
@@ -110,19 +150,40 @@ fn bad_files_get_typed_errors_naming_the_file() {
     let good = std::fs::read(fixture("scale_4_4.mid")).unwrap();
     let cases: Vec<(&str, Vec<u8>, fn(&MidiErrorKind) -> bool)> = vec![
         ("empty.mid", vec![], |k| matches!(k, MidiErrorKind::Empty)),
-        ("text.mid", b"hello, this is not music".to_vec(), |k| matches!(k, MidiErrorKind::NotMidi)),
-        ("cut.mid", good[..good.len() / 2].to_vec(), |k| matches!(k, MidiErrorKind::Truncated(_))),
-        ("header-only.mid", good[..10].to_vec(), |k| matches!(k, MidiErrorKind::Truncated(_))),
-        ("smpte.mid", smf(1, [0xE7, 40], &[&[0x00, 0xFF, 0x2F, 0x00]]), |k| matches!(k, MidiErrorKind::SmpteTiming)),
-        ("zero-tpq.mid", smf(1, [0, 0], &[&[0x00, 0xFF, 0x2F, 0x00]]), |k| matches!(k, MidiErrorKind::ZeroTicksPerQuarter)),
-        ("garbage-events.mid", smf(0, [0, 96], &[&[0x00, 0xF4, 0x99, 0x99]]), |k| matches!(k, MidiErrorKind::Malformed(_) | MidiErrorKind::Truncated(_))),
+        ("text.mid", b"hello, this is not music".to_vec(), |k| {
+            matches!(k, MidiErrorKind::NotMidi)
+        }),
+        ("cut.mid", good[..good.len() / 2].to_vec(), |k| {
+            matches!(k, MidiErrorKind::Truncated(_))
+        }),
+        ("header-only.mid", good[..10].to_vec(), |k| {
+            matches!(k, MidiErrorKind::Truncated(_))
+        }),
+        (
+            "smpte.mid",
+            smf(1, [0xE7, 40], &[&[0x00, 0xFF, 0x2F, 0x00]]),
+            |k| matches!(k, MidiErrorKind::SmpteTiming),
+        ),
+        (
+            "zero-tpq.mid",
+            smf(1, [0, 0], &[&[0x00, 0xFF, 0x2F, 0x00]]),
+            |k| matches!(k, MidiErrorKind::ZeroTicksPerQuarter),
+        ),
+        (
+            "garbage-events.mid",
+            smf(0, [0, 96], &[&[0x00, 0xF4, 0x99, 0x99]]),
+            |k| matches!(k, MidiErrorKind::Malformed(_) | MidiErrorKind::Truncated(_)),
+        ),
     ];
     for (name, bytes, expected) in cases {
         let path = dir.join(name);
         std::fs::write(&path, &bytes).unwrap();
         let err = Score::read_file(&path).expect_err(name);
         assert!(expected(&err.kind), "{name}: {err}");
-        assert!(err.to_string().contains(name), "error does not name the file: {err}");
+        assert!(
+            err.to_string().contains(name),
+            "error does not name the file: {err}"
+        );
     }
     let missing = Score::read_file(dir.join("missing.mid")).unwrap_err();
     assert!(matches!(missing.kind, MidiErrorKind::Io(_)), "{missing}");
@@ -141,7 +202,12 @@ fn score_helpers() {
     let mut score = Score::new(480);
     assert_eq!(score.initial_time_signature(), TimeSignature::COMMON);
     assert_eq!(score.initial_bpm(), 120.0);
-    score.notes.push(Note { start: Ticks(480), duration: Ticks(240), pitch: 60, velocity: 64 });
+    score.notes.push(Note {
+        start: Ticks(480),
+        duration: Ticks(240),
+        pitch: 60,
+        velocity: 64,
+    });
     assert_eq!(score.notes[0].end(), Ticks(720));
     let back = Score::from_bytes(&score.to_bytes().unwrap()).unwrap();
     assert_eq!(back, score);

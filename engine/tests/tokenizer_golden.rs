@@ -17,7 +17,11 @@ fn check_case(tok: &Tokenizer, golden: &Path, midi_for: impl Fn(&str) -> PathBuf
     if ids != want {
         let strings = tok.token_strings(&ids);
         let want_strings: Vec<String> = serde_json::from_value(record["tokens"].clone()).unwrap();
-        let first = ids.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(ids.len().min(want.len()));
+        let first = ids
+            .iter()
+            .zip(&want)
+            .position(|(a, b)| a != b)
+            .unwrap_or(ids.len().min(want.len()));
         let lo = first.saturating_sub(8);
         panic!(
             "{source}: ids differ at {first} (got {} ids, want {})\n got: {:?}\nwant: {:?}",
@@ -42,16 +46,31 @@ fn check_case(tok: &Tokenizer, golden: &Path, midi_for: impl Fn(&str) -> PathBuf
     let notes: Vec<[u64; 4]> = decoded
         .notes
         .iter()
-        .map(|n| [n.start.0, n.duration.0, u64::from(n.pitch), u64::from(n.velocity)])
+        .map(|n| {
+            [
+                n.start.0,
+                n.duration.0,
+                u64::from(n.pitch),
+                u64::from(n.velocity),
+            ]
+        })
         .collect();
-    let want_notes: Vec<[u64; 4]> = serde_json::from_value(record["decoded_notes"].clone()).unwrap();
+    let want_notes: Vec<[u64; 4]> =
+        serde_json::from_value(record["decoded_notes"].clone()).unwrap();
     assert_eq!(notes, want_notes, "{source}: decoded notes");
     let sigs: Vec<[u64; 3]> = decoded
         .time_signatures
         .iter()
-        .map(|t| [t.time.0, u64::from(t.signature.numerator()), u64::from(t.signature.denominator())])
+        .map(|t| {
+            [
+                t.time.0,
+                u64::from(t.signature.numerator()),
+                u64::from(t.signature.denominator()),
+            ]
+        })
         .collect();
-    let want_sigs: Vec<[u64; 3]> = serde_json::from_value(record["decoded_time_signatures"].clone()).unwrap();
+    let want_sigs: Vec<[u64; 3]> =
+        serde_json::from_value(record["decoded_time_signatures"].clone()).unwrap();
     assert_eq!(sigs, want_sigs, "{source}: decoded time signatures");
 }
 
@@ -73,7 +92,8 @@ fn project_goldens_match_miditok() {
     assert!(files.len() >= 10, "the project's golden copies are missing");
     for golden in files {
         check_case(&tok, &golden, |source| {
-            data.join("midi").join(Path::new(source).file_name().unwrap())
+            data.join("midi")
+                .join(Path::new(source).file_name().unwrap())
         });
     }
 }

@@ -42,7 +42,9 @@ pub fn midi_files_under(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).with_context(|| format!("{}: cannot list the folder", d.display()))? {
+        for entry in std::fs::read_dir(&d)
+            .with_context(|| format!("{}: cannot list the folder", d.display()))?
+        {
             let path = entry?.path();
             if path.is_dir() {
                 stack.push(path);
@@ -98,7 +100,8 @@ fn tokenize(args: TokenizeArgs) -> Result<()> {
         tokens += ids.len();
         failed += usize::from(!ok);
         if let Some(out) = ids_out.as_mut() {
-            let record = serde_json::json!({"file": file, "ids": if ok { Some(&ids) } else { None }});
+            let record =
+                serde_json::json!({"file": file, "ids": if ok { Some(&ids) } else { None }});
             writeln!(out, "{record}")?;
         }
     }

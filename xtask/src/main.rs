@@ -11,7 +11,11 @@ mod score;
 mod tokenize;
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", version, about = "Continuator: continue a MIDI phrase in its style")]
+#[command(
+    name = "cargo xtask",
+    version,
+    about = "Continuator: continue a MIDI phrase in its style"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,8 +57,14 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     if let Err(err) = run(Cli::parse()) {
-        eprintln!("error: {err:#}");
-        std::process::exit(1);
+        // A reader that stopped reading (`cargo xtask tokenize f.mid | head`) is not a failure.
+        let broken_pipe = err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe);
+        if !broken_pipe {
+            eprintln!("error: {err:#}");
+            std::process::exit(1);
+        }
     }
 }
 
@@ -63,8 +73,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Tokenize(args) => tokenize::run(args),
         Command::Score(args) => score::run(args),
         Command::Bench(command) => bench::run(command),
-        Command::Bundle { args } => {
-            nice_plug_xtask::main_with_args("cargo xtask", std::iter::once("bundle".into()).chain(args))
-        }
+        Command::Bundle { args } => nice_plug_xtask::main_with_args(
+            "cargo xtask",
+            std::iter::once("bundle".into()).chain(args),
+        ),
     }
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask tokenize FILE.mid [--ids] [--tokenizer tokenizer.json]`: the REMI tokens of a
 //! file, for eyes (`Type_Value` strings) or for other tools (`--ids`: one JSON array).
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -26,12 +27,20 @@ pub fn run(args: Args) -> Result<()> {
     };
     let score = Score::read_file(&args.file)?;
     let ids = tokenizer.encode(&score);
+    // Written through a handle (not `println!`) so that a closed pipe (`| head`) is an error
+    // the caller ends quietly on, never a panic.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.ids {
-        println!("{}", serde_json::to_string(&ids).context("serializing ids")?);
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&ids).context("serializing ids")?
+        )?;
     } else {
         for token in tokenizer.token_strings(&ids) {
-            println!("{token}");
+            writeln!(out, "{token}")?;
         }
     }
+    out.flush()?;
     Ok(())
 }

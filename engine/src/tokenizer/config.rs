@@ -110,8 +110,11 @@ const IGNORED: &[&str] = &[
 impl RemiConfig {
     /// Reads MidiTok's saved tokenizer (the whole `tokenizer.json` document).
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
-        let root: Value = serde_json::from_str(text).map_err(|e| ConfigError::Json(e.to_string()))?;
-        let root = root.as_object().ok_or_else(|| invalid("(document)", "not a JSON object"))?;
+        let root: Value =
+            serde_json::from_str(text).map_err(|e| ConfigError::Json(e.to_string()))?;
+        let root = root
+            .as_object()
+            .ok_or_else(|| invalid("(document)", "not a JSON object"))?;
         match root.get("tokenization").and_then(Value::as_str) {
             Some("REMI") => {}
             Some(other) => return Err(ConfigError::NotRemi(other.to_string())),
@@ -162,8 +165,16 @@ impl RemiConfig {
         check_additional_params(config.get("additional_params"))?;
         check_duration_programs(config.get("use_note_duration_programs"))?;
 
-        let pitch_range = parse_pitch_range(config.get("pitch_range").ok_or(ConfigError::Missing("pitch_range"))?)?;
-        let beat_res = parse_beat_res(config.get("beat_res").ok_or(ConfigError::Missing("beat_res"))?)?;
+        let pitch_range = parse_pitch_range(
+            config
+                .get("pitch_range")
+                .ok_or(ConfigError::Missing("pitch_range"))?,
+        )?;
+        let beat_res = parse_beat_res(
+            config
+                .get("beat_res")
+                .ok_or(ConfigError::Missing("beat_res"))?,
+        )?;
         let num_velocities = config
             .get("num_velocities")
             .and_then(Value::as_u64)
@@ -229,18 +240,28 @@ impl RemiConfig {
 
     /// Largest denominator of the supported meters.
     pub fn max_denominator(&self) -> u8 {
-        self.time_signatures.iter().map(|t| t.denominator()).max().unwrap_or(4)
+        self.time_signatures
+            .iter()
+            .map(|t| t.denominator())
+            .max()
+            .unwrap_or(4)
     }
 
     /// Number of `Position` tokens: the longest supported bar, in grid steps.
     pub fn num_positions(&self) -> u16 {
-        let max_beats = self.time_signatures.iter().map(|t| t.numerator()).max().unwrap_or(4);
+        let max_beats = self
+            .time_signatures
+            .iter()
+            .map(|t| t.numerator())
+            .max()
+            .unwrap_or(4);
         u16::from(self.max_positions_per_beat()) * u16::from(max_beats)
     }
 
     /// MidiTok's ticks per beat for a denominator, at the tokenizer's own resolution.
     pub fn ticks_per_beat_for(&self, denominator: u8) -> u64 {
-        u64::from(self.max_positions_per_beat()) * u64::from((self.max_denominator() / denominator).max(1))
+        u64::from(self.max_positions_per_beat())
+            * u64::from((self.max_denominator() / denominator).max(1))
     }
 }
 
@@ -252,9 +273,16 @@ fn invalid(key: &str, why: &str) -> ConfigError {
 }
 
 fn parse_pitch_range(v: &Value) -> Result<(u8, u8), ConfigError> {
-    let arr = v.as_array().filter(|a| a.len() == 2).ok_or_else(|| invalid("pitch_range", "expected [low, high]"))?;
-    let lo = arr[0].as_u64().ok_or_else(|| invalid("pitch_range", "low is not an integer"))?;
-    let hi = arr[1].as_u64().ok_or_else(|| invalid("pitch_range", "high is not an integer"))?;
+    let arr = v
+        .as_array()
+        .filter(|a| a.len() == 2)
+        .ok_or_else(|| invalid("pitch_range", "expected [low, high]"))?;
+    let lo = arr[0]
+        .as_u64()
+        .ok_or_else(|| invalid("pitch_range", "low is not an integer"))?;
+    let hi = arr[1]
+        .as_u64()
+        .ok_or_else(|| invalid("pitch_range", "high is not an integer"))?;
     if lo > hi || hi > 127 {
         return Err(invalid("pitch_range", "needs 0 <= low <= high <= 127"));
     }
@@ -262,7 +290,9 @@ fn parse_pitch_range(v: &Value) -> Result<(u8, u8), ConfigError> {
 }
 
 fn parse_beat_res(v: &Value) -> Result<Vec<(u8, u8, u8)>, ConfigError> {
-    let map = v.as_object().ok_or_else(|| invalid("beat_res", "expected an object"))?;
+    let map = v
+        .as_object()
+        .ok_or_else(|| invalid("beat_res", "expected an object"))?;
     let mut out = Vec::new();
     for (range, res) in map {
         let (a, b) = range
@@ -272,7 +302,12 @@ fn parse_beat_res(v: &Value) -> Result<Vec<(u8, u8, u8)>, ConfigError> {
         let res = res
             .as_u64()
             .filter(|r| (1..=64).contains(r))
-            .ok_or_else(|| invalid("beat_res", &format!("resolution of `{range}` must be 1..=64")))?;
+            .ok_or_else(|| {
+                invalid(
+                    "beat_res",
+                    &format!("resolution of `{range}` must be 1..=64"),
+                )
+            })?;
         if a >= b {
             return Err(invalid("beat_res", &format!("range `{range}` is empty")));
         }
@@ -283,7 +318,10 @@ fn parse_beat_res(v: &Value) -> Result<Vec<(u8, u8, u8)>, ConfigError> {
     }
     let max = out.iter().map(|r| r.2).max().unwrap_or(1);
     if out.iter().any(|r| max % r.2 != 0) {
-        return Err(invalid("beat_res", "every resolution must divide the finest one"));
+        return Err(invalid(
+            "beat_res",
+            "every resolution must divide the finest one",
+        ));
     }
     Ok(out)
 }
@@ -294,7 +332,9 @@ fn parse_special_tokens(v: Option<&Value>) -> Result<Vec<Special>, ConfigError> 
         .ok_or(ConfigError::Missing("special_tokens"))?;
     let mut out = Vec::new();
     for item in arr {
-        let s = item.as_str().ok_or_else(|| invalid("special_tokens", "entries must be strings"))?;
+        let s = item
+            .as_str()
+            .ok_or_else(|| invalid("special_tokens", "entries must be strings"))?;
         let name = s.strip_suffix("_None").unwrap_or(s);
         let special = Special::from_name(name).ok_or_else(|| ConfigError::Unsupported {
             key: "special_tokens".into(),
@@ -320,15 +360,19 @@ fn parse_time_signatures(v: &Value) -> Result<Vec<TimeSignature>, ConfigError> {
             .parse()
             .ok()
             .filter(|d: &u8| d.is_power_of_two() && *d <= 64)
-            .ok_or_else(|| invalid("time_signature_range", &format!("denominator `{denominator}` is not a power of two")))?;
+            .ok_or_else(|| {
+                invalid(
+                    "time_signature_range",
+                    &format!("denominator `{denominator}` is not a power of two"),
+                )
+            })?;
         let nums = numerators
             .as_array()
             .ok_or_else(|| invalid("time_signature_range", "numerators must be a list"))?;
         for n in nums {
-            let n = n
-                .as_u64()
-                .filter(|n| (1..=64).contains(n))
-                .ok_or_else(|| invalid("time_signature_range", "numerators must be integers 1..=64"))?;
+            let n = n.as_u64().filter(|n| (1..=64).contains(n)).ok_or_else(|| {
+                invalid("time_signature_range", "numerators must be integers 1..=64")
+            })?;
             out.push(TimeSignature::new(n as u8, d).expect("validated above"));
         }
     }
@@ -404,7 +448,8 @@ mod tests {
     fn unsupported_options_are_refused_by_name() {
         let err = RemiConfig::from_json(&with("use_chords", Value::Bool(true))).unwrap_err();
         assert!(err.to_string().contains("use_chords"), "{err}");
-        let err = RemiConfig::from_json(&with("use_time_signatures", Value::Bool(false))).unwrap_err();
+        let err =
+            RemiConfig::from_json(&with("use_time_signatures", Value::Bool(false))).unwrap_err();
         assert!(err.to_string().contains("use_time_signatures"), "{err}");
         let err = RemiConfig::from_json(&with("made_up_option", Value::Bool(false))).unwrap_err();
         assert_eq!(err, ConfigError::Unknown("made_up_option".into()));
@@ -414,7 +459,10 @@ mod tests {
             RemiConfig::from_json(&root.to_string()).unwrap_err(),
             ConfigError::NotRemi("TSD".into())
         );
-        assert!(matches!(RemiConfig::from_json("{"), Err(ConfigError::Json(_))));
+        assert!(matches!(
+            RemiConfig::from_json("{"),
+            Err(ConfigError::Json(_))
+        ));
     }
 
     #[test]

@@ -54,7 +54,10 @@ impl Tokenizer {
             } else {
                 (tpq as f64 * (4.0 / f64::from(ts.denominator()))) as i64
             };
-            (ticks_per_beat_at_tpq * i64::from(ts.numerator()), (tpq_div(tpb, max_pos)))
+            (
+                ticks_per_beat_at_tpq * i64::from(ts.numerator()),
+                (tpq_div(tpb, max_pos)),
+            )
         };
         let (mut ticks_per_bar, mut ticks_per_pos) = meter(current);
         let mut current_tick: i64 = 0;

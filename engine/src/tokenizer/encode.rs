@@ -53,7 +53,11 @@ impl Tokenizer {
         if time_sigs.first().is_none_or(|t| t.0 != 0) {
             time_sigs.insert(0, (0, TimeSignature::COMMON));
         }
-        let max_denominator = time_sigs.iter().map(|t| t.1.denominator()).max().unwrap_or(4);
+        let max_denominator = time_sigs
+            .iter()
+            .map(|t| t.1.denominator())
+            .max()
+            .unwrap_or(4);
         let tpq = (max_pos as f64 * f64::from(max_denominator) / 4.0) as i64;
 
         // 2. Resampling.
@@ -76,8 +80,11 @@ impl Tokenizer {
         // 3. Time signatures on bar lines.
         delay_time_signatures(&mut time_sigs, tpq);
 
-        let ticks_per_beat_sections = sections(&time_sigs, |ts| ticks_per_beat(ts.denominator(), tpq));
-        let denominators_differ = time_sigs.iter().any(|t| t.1.denominator() != time_sigs[0].1.denominator());
+        let ticks_per_beat_sections =
+            sections(&time_sigs, |ts| ticks_per_beat(ts.denominator(), tpq));
+        let denominators_differ = time_sigs
+            .iter()
+            .any(|t| t.1.denominator() != time_sigs[0].1.denominator());
         let grid_sections = denominators_differ.then(|| {
             sections(&time_sigs, |ts| {
                 (tpq as f64 / (max_pos as f64 * (f64::from(ts.denominator()) / 4.0))).floor() as i64
@@ -101,7 +108,8 @@ impl Tokenizer {
                 let (index, start) = section_of(grid, time);
                 let step = grid[index].value;
                 if step != 1 && step > 0 {
-                    time = round_half_even((time - start) as f64 / step as f64) as i64 * step + start;
+                    time =
+                        round_half_even((time - start) as f64 / step as f64) as i64 * step + start;
                 }
             }
             let (section, _) = section_of(&ticks_per_beat_sections, time);
@@ -186,7 +194,10 @@ fn ticks_per_bar(ts: TimeSignature, tpq: i64) -> i64 {
 
 /// Piecewise-constant values over time signature sections, equal neighbours merged; the last
 /// section runs forever.
-fn sections(time_sigs: &[(i64, TimeSignature)], value: impl Fn(TimeSignature) -> i64) -> Vec<Section> {
+fn sections(
+    time_sigs: &[(i64, TimeSignature)],
+    value: impl Fn(TimeSignature) -> i64,
+) -> Vec<Section> {
     let mut out: Vec<Section> = time_sigs
         .windows(2)
         .map(|w| Section {
@@ -211,8 +222,14 @@ fn sections(time_sigs: &[(i64, TimeSignature)], value: impl Fn(TimeSignature) ->
 
 /// The section a tick falls in and the tick that section starts at.
 fn section_of(sections: &[Section], time: i64) -> (usize, i64) {
-    let index = sections.partition_point(|s| s.end <= time).min(sections.len() - 1);
-    let start = if index == 0 { 0 } else { sections[index - 1].end };
+    let index = sections
+        .partition_point(|s| s.end <= time)
+        .min(sections.len() - 1);
+    let start = if index == 0 {
+        0
+    } else {
+        sections[index - 1].end
+    };
     (index, start)
 }
 
@@ -321,7 +338,8 @@ impl<'a> RemiWriter<'a> {
             self.new_bars(time, true);
             self.previous_tick = time;
         }
-        self.bar_at_last_ts_change += (time - self.tick_at_last_ts_change).div_euclid(self.ticks_per_bar);
+        self.bar_at_last_ts_change +=
+            (time - self.tick_at_last_ts_change).div_euclid(self.ticks_per_bar);
         self.tick_at_last_ts_change = time;
         self.set_meter(ts);
         // Forces a `Position` before the next note, even at this same tick.

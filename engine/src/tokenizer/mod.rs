@@ -24,7 +24,10 @@ const REFERENCE_JSON: &str = include_str!("../../data/miditok_remi.json");
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
     #[error("{}: cannot read: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: {source}", path.display())]
     Config { path: PathBuf, source: ConfigError },
     #[error("token id {id} is outside the vocabulary of {vocab_size} tokens")]
@@ -105,11 +108,17 @@ impl Tokenizer {
                 Token::Position(p) => position_ids[usize::from(p.0)] = id,
                 Token::Pitch(p) => pitch_ids[usize::from(p)] = id,
                 Token::Velocity(v) => {
-                    let i = velocities.iter().position(|&x| x == v).expect("velocity from the list");
+                    let i = velocities
+                        .iter()
+                        .position(|&x| x == v)
+                        .expect("velocity from the list");
                     velocity_ids[i] = id;
                 }
                 Token::Duration(d) => {
-                    let i = durations.iter().position(|&x| x == d).expect("duration from the list");
+                    let i = durations
+                        .iter()
+                        .position(|&x| x == d)
+                        .expect("duration from the list");
                     duration_ids[i] = id;
                 }
             }
@@ -163,7 +172,11 @@ impl Tokenizer {
             Token::Special(s) => self.special_ids[s as usize],
             Token::Bar => self.bar_id,
             Token::TimeSig(t) => self.time_signature_id(t).unwrap_or(NONE),
-            Token::Position(p) => self.position_ids.get(usize::from(p.0)).copied().unwrap_or(NONE),
+            Token::Position(p) => self
+                .position_ids
+                .get(usize::from(p.0))
+                .copied()
+                .unwrap_or(NONE),
             Token::Pitch(p) => self.pitch_ids.get(usize::from(p)).copied().unwrap_or(NONE),
             Token::Velocity(v) => self
                 .velocities
@@ -201,7 +214,10 @@ impl Tokenizer {
     }
 
     pub fn time_signature_id(&self, ts: TimeSignature) -> Option<TokenId> {
-        self.time_signature_ids.iter().find(|(t, _)| *t == ts).map(|&(_, id)| id)
+        self.time_signature_ids
+            .iter()
+            .find(|(t, _)| *t == ts)
+            .map(|&(_, id)| id)
     }
 
     /// Whether a meter has a `TimeSig` token.
@@ -217,7 +233,10 @@ impl Tokenizer {
     /// Token strings of a sequence, as MidiTok prints them; unknown ids print as `<id?>`.
     pub fn token_strings(&self, ids: &[TokenId]) -> Vec<String> {
         ids.iter()
-            .map(|&id| self.token(id).map_or_else(|| format!("<{id}?>"), |t| t.to_string()))
+            .map(|&id| {
+                self.token(id)
+                    .map_or_else(|| format!("<{id}?>"), |t| t.to_string())
+            })
             .collect()
     }
 

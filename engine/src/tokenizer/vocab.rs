@@ -58,7 +58,8 @@ pub struct DurationValue {
 impl DurationValue {
     /// Length in ticks at a given number of ticks per beat (always divisible by the resolution).
     pub fn ticks(self, ticks_per_beat: u64) -> u64 {
-        (u64::from(self.beats) * u64::from(self.resolution) + u64::from(self.positions)) * ticks_per_beat
+        (u64::from(self.beats) * u64::from(self.resolution) + u64::from(self.positions))
+            * ticks_per_beat
             / u64::from(self.resolution)
     }
 
@@ -127,7 +128,9 @@ impl fmt::Display for Token {
             Token::Position(p) => write!(f, "Position_{}", p.0),
             Token::Pitch(p) => write!(f, "Pitch_{p}"),
             Token::Velocity(v) => write!(f, "Velocity_{v}"),
-            Token::Duration(d) => write!(f, "Duration_{}.{}.{}", d.beats, d.positions, d.resolution),
+            Token::Duration(d) => {
+                write!(f, "Duration_{}.{}.{}", d.beats, d.positions, d.resolution)
+            }
         }
     }
 }
@@ -193,7 +196,14 @@ mod tests {
             let t: Token = s.parse().unwrap();
             assert_eq!(t.to_string(), s);
         }
-        for bad in ["Pitch", "Pitch_x", "TimeSig_3/5", "Duration_1.2", "Duration_1.2.0", "Foo_None"] {
+        for bad in [
+            "Pitch",
+            "Pitch_x",
+            "TimeSig_3/5",
+            "Duration_1.2",
+            "Duration_1.2.0",
+            "Foo_None",
+        ] {
             assert!(bad.parse::<Token>().is_err(), "{bad} parsed");
         }
     }
