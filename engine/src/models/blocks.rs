@@ -192,7 +192,6 @@ fn softmax(x: &Tensor, path: Path) -> Result<Tensor> {
 /// only (partial rotary; the default `rot_dim` is `dim_head / 2`), base 10 000, no xpos.
 #[derive(Debug, Clone)]
 pub(crate) struct Rotary {
-    rot_dim: usize,
     inv_freq: Vec<f64>,
 }
 
@@ -202,7 +201,7 @@ impl Rotary {
             .step_by(2)
             .map(|i| 1.0 / 10000f64.powf(i as f64 / rot_dim as f64))
             .collect();
-        Self { rot_dim, inv_freq }
+        Self { inv_freq }
     }
 
     /// The `inv_freq` buffer x-transformers keeps in its `state_dict`.
@@ -210,60 +209,67 @@ impl Rotary {
         &self.inv_freq
     }
 
-    /// cos and sin tables, shape `(t, rot_dim / 2)`, for positions `offset..offset + t`.
-    fn tables(
+    /// cos and sin tables, shape `(t, dim_head / 2)`, for positions `offset..offset + t`.
+    /// Pairs beyond `rot_dim` get cos 1 and sin 0: rotating them is the identity, so partial
+    /// rotary becomes one full-width rotation (one fused kernel call, no split and concat).
+    pub(crate) fn tables(
         &self,
         offset: usize,
         t: usize,
+        dim_head: usize,
         dtype: DType,
         dev: &Device,
-    ) -> Result<(Tensor, Tensor)> {
-        let half = self.inv_freq.len();
+    ) -> Result<RotaryTables> {
+        let half = dim_head / 2;
         let mut cos = Vec::with_capacity(t * half);
         let mut sin = Vec::with_capacity(t * half);
         for p in offset..offset + t {
-            for f in &self.inv_freq {
-                // Angles in f64 as torch computes them in f32 from float positions; f64 keeps
-                // long positions accurate and the f32 rounding afterwards is the same.
-                let a = (p as f32 * *f as f32) as f64;
-                cos.push(a.cos());
-                sin.push(a.sin());
+            for i in 0..half {
+                match self.inv_freq.get(i) {
+                    Some(f) => {
+                        // torch computes the angle in f32; do the same, then cos/sin in f64.
+                        let a = (p as f32 * *f as f32) as f64;
+                        cos.push(a.cos());
+                        sin.push(a.sin());
+                    }
+                    None => {
+                        cos.push(1.0);
+                        sin.push(0.0);
+                    }
+                }
             }
         }
-        let cos = Tensor::from_vec(cos, (t, half), dev)?.to_dtype(dtype)?;
-        let sin = Tensor::from_vec(sin, (t, half), dev)?.to_dtype(dtype)?;
-        Ok((cos, sin))
+        Ok(RotaryTables {
+            cos: Tensor::from_vec(cos, (t, half), dev)?.to_dtype(dtype)?,
+            sin: Tensor::from_vec(sin, (t, half), dev)?.to_dtype(dtype)?,
+        })
     }
+}
 
-    /// Rotates `x` of shape `(b, heads, t, dim_head)` for positions starting at `offset`.
-    pub(crate) fn apply(&self, x: &Tensor, offset: usize, path: Path) -> Result<Tensor> {
-        let (b, h, t, d) = x.dims4()?;
-        let (cos, sin) = self.tables(offset, t, x.dtype(), x.device())?;
-        let (rot, rest) = if self.rot_dim == d {
-            (x.clone(), None)
-        } else {
-            (
-                x.narrow(D::Minus1, 0, self.rot_dim)?,
-                Some(x.narrow(D::Minus1, self.rot_dim, d - self.rot_dim)?),
-            )
-        };
-        let rotated = match path {
-            Path::Fused => candle_nn::rotary_emb::rope_i(&rot.contiguous()?, &cos, &sin)?,
+/// Precomputed rotary angles for one forward call (shared by every layer).
+#[derive(Debug, Clone)]
+pub(crate) struct RotaryTables {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl RotaryTables {
+    /// Rotates `x` of shape `(b, heads, t, dim_head)`.
+    fn apply(&self, x: &Tensor, path: Path) -> Result<Tensor> {
+        match path {
+            Path::Fused => candle_nn::rotary_emb::rope_i(&x.contiguous()?, &self.cos, &self.sin),
             Path::Plain => {
-                let half = self.rot_dim / 2;
-                let cos = cos.reshape((1, 1, t, half, 1))?;
-                let sin = sin.reshape((1, 1, t, half, 1))?;
-                let r = rot.reshape((b, h, t, half, 2))?;
+                let (b, h, t, d) = x.dims4()?;
+                let half = d / 2;
+                let cos = self.cos.reshape((1, 1, t, half, 1))?;
+                let sin = self.sin.reshape((1, 1, t, half, 1))?;
+                let r = x.reshape((b, h, t, half, 2))?;
                 let x0 = r.narrow(D::Minus1, 0, 1)?;
                 let x1 = r.narrow(D::Minus1, 1, 1)?;
                 let y0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
                 let y1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
-                Tensor::cat(&[y0, y1], D::Minus1)?.reshape((b, h, t, self.rot_dim))?
+                Tensor::cat(&[y0, y1], D::Minus1)?.reshape((b, h, t, d))
             }
-        };
-        match rest {
-            None => Ok(rotated),
-            Some(rest) => Tensor::cat(&[rotated, rest], D::Minus1),
         }
     }
 }
@@ -391,8 +397,7 @@ impl Attention {
         x: &Tensor,
         context: Option<&Tensor>,
         mask: Option<&Tensor>,
-        rotary: Option<&Rotary>,
-        offset: usize,
+        rotary: Option<&RotaryTables>,
         cache: Option<&mut LayerCache>,
         path: Path,
     ) -> Result<Tensor> {
@@ -402,8 +407,8 @@ impl Attention {
         let mut k = self.split_heads(&self.to_k.forward(kv_src)?)?;
         let v = self.split_heads(&self.to_v.forward(kv_src)?)?;
         if let (Some(rot), None) = (rotary, context) {
-            q = rot.apply(&q, offset, path)?;
-            k = rot.apply(&k, offset, path)?;
+            q = rot.apply(&q, path)?;
+            k = rot.apply(&k, path)?;
         }
         let (k, v) = match cache {
             Some(c) => c.append(&k, &v)?,
@@ -580,23 +585,21 @@ impl AttentionLayers {
             (None, Some(m)) => Some(m.clone()),
             (None, None) => None,
         };
+        let tables = match &self.rotary {
+            Some(r) => Some(r.tables(offset, t, self.cfg.dim_head, x.dtype(), x.device())?),
+            None => None,
+        };
         let mut x = x.clone();
         for (i, block) in self.blocks.iter().enumerate() {
             let cache = caches.as_deref_mut().map(|c| &mut c[i]);
             let h = block.attn_norm.forward(&x, path)?;
-            let h = block.attn.forward(
-                &h,
-                None,
-                mask.as_ref(),
-                self.rotary.as_ref(),
-                offset,
-                cache,
-                path,
-            )?;
+            let h = block
+                .attn
+                .forward(&h, None, mask.as_ref(), tables.as_ref(), cache, path)?;
             x = (x + h)?;
             if let (Some((norm, attn)), Some((ctx, ctx_mask))) = (&block.cross, context) {
                 let h = norm.forward(&x, path)?;
-                let h = attn.forward(&h, Some(ctx), ctx_mask, None, 0, None, path)?;
+                let h = attn.forward(&h, Some(ctx), ctx_mask, None, None, path)?;
                 x = (x + h)?;
             }
             let h = block.ff_norm.forward(&x, path)?;
