@@ -1,0 +1,197 @@
+//! A headless CLAP host for Continuator: loads `Continuator.clap`, runs the scenarios
+//! (120 BPM in 4/4 and 90 BPM in 3/4, with a tempo change and a loop jump) and fails loudly if
+//! MIDI does not pass through, a continuation is off its bar line or grid, or a note hangs.
+//!
+//! `cargo run -p continuator-clap-host -- target/bundled/Continuator.clap`; add
+//! `--require-continuation` once the plugin has a model, so that silence counts as a failure.
+
+use std::ffi::CString;
+
+use anyhow::{anyhow, ensure, Context, Result};
+use clack_host::events::event_types::{
+    MidiEvent, NoteOffEvent, NoteOnEvent, TransportEvent, TransportFlags,
+};
+use clack_host::events::{EventFlags, EventHeader};
+use clack_host::prelude::*;
+use clack_host::utils::BeatTime;
+
+mod scenario;
+
+use scenario::{Block, Edge, Twist, BLOCK, SAMPLE_RATE};
+
+const PLUGIN_ID: &str = "org.continuator.continuator";
+
+struct ClapPlugin {
+    /// Kept alive for as long as the processor runs.
+    _instance: PluginInstance<()>,
+    processor: StartedPluginAudioProcessor<()>,
+    out_events: EventBuffer,
+    in_events: EventBuffer,
+}
+
+impl ClapPlugin {
+    fn load(entry: &PluginEntry) -> Result<ClapPlugin> {
+        let host = HostInfo::new(
+            "continuator-clap-host",
+            "Continuator developers",
+            "",
+            "0.1.0",
+        )?;
+        let id = CString::new(PLUGIN_ID)?;
+        let mut instance = PluginInstance::<()>::new(|_| (), |_| (), entry, &id, &host)
+            .map_err(|e| anyhow!("instantiating {PLUGIN_ID}: {e:?}"))?;
+        let config = PluginAudioConfiguration {
+            sample_rate: SAMPLE_RATE,
+            min_frames_count: 1,
+            max_frames_count: BLOCK,
+        };
+        let processor = instance
+            .activate(|_, _| (), config)
+            .map_err(|e| anyhow!("activate: {e:?}"))?;
+        let processor = processor
+            .start_processing()
+            .map_err(|e| anyhow!("start_processing: {e:?}"))?;
+        Ok(ClapPlugin {
+            _instance: instance,
+            processor,
+            out_events: EventBuffer::with_capacity(1024),
+            in_events: EventBuffer::with_capacity(1024),
+        })
+    }
+}
+
+fn transport(block: &Block) -> TransportEvent {
+    let mut flags = TransportFlags::HAS_TEMPO
+        | TransportFlags::HAS_BEATS_TIMELINE
+        | TransportFlags::HAS_TIME_SIGNATURE;
+    if block.playing {
+        flags |= TransportFlags::IS_PLAYING;
+    }
+    let bar_length = f64::from(block.numerator) * 4.0 / f64::from(block.denominator);
+    let bar_number = (block.position / bar_length).floor();
+    TransportEvent {
+        header: EventHeader::new_core(0, EventFlags::empty()),
+        flags,
+        song_pos_beats: BeatTime::from_float(block.position),
+        song_pos_seconds: Default::default(),
+        tempo: block.bpm,
+        tempo_inc: 0.0,
+        loop_start_beats: Default::default(),
+        loop_end_beats: Default::default(),
+        loop_start_seconds: Default::default(),
+        loop_end_seconds: Default::default(),
+        bar_start: BeatTime::from_float(bar_number * bar_length),
+        bar_number: bar_number as i32,
+        time_signature_numerator: block.numerator,
+        time_signature_denominator: block.denominator,
+    }
+}
+
+impl scenario::Plugin for ClapPlugin {
+    fn process(&mut self, block: &Block, input: &[Edge]) -> Result<Vec<Edge>> {
+        self.in_events.clear();
+        for edge in input {
+            let pckn = Pckn::new(
+                0u16,
+                u16::from(edge.channel),
+                u16::from(edge.key),
+                Pckn::match_all().note_id,
+            );
+            if edge.on {
+                self.in_events.push(&NoteOnEvent::new(edge.time, pckn, 0.8));
+            } else {
+                self.in_events
+                    .push(&NoteOffEvent::new(edge.time, pckn, 0.0));
+            }
+        }
+        self.out_events.clear();
+        // No audio ports, but the frame count is real: it comes from these empty buffer lists.
+        // SAFETY: there are no buffers to point at, so none can be invalid.
+        let inputs = unsafe { InputAudioBuffers::from_raw_buffers(&[], block.frames) };
+        let mut no_outputs = [];
+        let mut outputs =
+            unsafe { OutputAudioBuffers::from_raw_buffers(&mut no_outputs, block.frames) };
+        let transport = transport(block);
+        self.processor
+            .process(
+                &inputs,
+                &mut outputs,
+                &self.in_events.as_input(),
+                &mut self.out_events.as_output(),
+                None,
+                Some(&transport),
+            )
+            .map_err(|e| anyhow!("process: {e:?}"))?;
+        let mut edges = Vec::new();
+        for event in self.out_events.iter() {
+            if let Some(on) = event.as_event::<NoteOnEvent>() {
+                edges.push(note_edge(on.header().time(), on.pckn(), true)?);
+            } else if let Some(off) = event.as_event::<NoteOffEvent>() {
+                edges.push(note_edge(off.header().time(), off.pckn(), false)?);
+            } else if let Some(midi) = event.as_event::<MidiEvent>() {
+                let [status, key, velocity] = midi.data();
+                let on = status & 0xF0 == 0x90 && velocity > 0;
+                if status & 0xE0 == 0x80 {
+                    edges.push(Edge {
+                        time: midi.header().time(),
+                        channel: status & 0x0F,
+                        key,
+                        on,
+                    });
+                }
+            }
+        }
+        Ok(edges)
+    }
+}
+
+fn note_edge(time: u32, pckn: Pckn, on: bool) -> Result<Edge> {
+    let channel = pckn
+        .channel
+        .into_specific()
+        .context("note without channel")?;
+    let key = pckn.key.into_specific().context("note without key")?;
+    Ok(Edge {
+        time,
+        channel: channel as u8,
+        key: key as u8,
+        on,
+    })
+}
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let path = args
+        .next()
+        .unwrap_or_else(|| "target/bundled/Continuator.clap".into());
+    let require_continuation = args.any(|a| a == "--require-continuation");
+    // SAFETY: loading a plugin runs its code; this is the plugin under test.
+    let entry =
+        unsafe { PluginEntry::load(&path) }.map_err(|e| anyhow!("loading {path}: {e:?}"))?;
+    let mut failures = 0;
+    for (bpm, numerator) in [(120.0, 4), (90.0, 3)] {
+        for twist in [Twist::TempoChange, Twist::LoopJump] {
+            let mut plugin = ClapPlugin::load(&entry)?;
+            match scenario::play(&mut plugin, bpm, numerator, twist) {
+                Ok(report) => {
+                    println!(
+                        "{bpm} BPM {numerator}/4 {twist:?}: {} events passed through, {} generated notes{}",
+                        report.thru,
+                        report.generated_ons,
+                        report.first_generated.map(|s| format!(", first at sample {s}")).unwrap_or_default()
+                    );
+                    if require_continuation && report.generated_ons == 0 {
+                        println!("  FAILED: no continuation");
+                        failures += 1;
+                    }
+                }
+                Err(err) => {
+                    println!("{bpm} BPM {numerator}/4 {twist:?}: FAILED: {err:#}");
+                    failures += 1;
+                }
+            }
+        }
+    }
+    ensure!(failures == 0, "{failures} scenario(s) failed");
+    Ok(())
+}
