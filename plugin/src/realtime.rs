@@ -577,6 +577,55 @@ mod tests {
         assert_eq!(host.sounding(), 0);
     }
 
+    #[test]
+    fn the_audio_path_never_allocates() {
+        let mut host = Host::new();
+        host.settings.trigger_binding = TriggerBinding::Note(36);
+        host.start_take(1);
+        for i in 0..200 {
+            host.schedule(1, f64::from(i) * 0.25, 0.2, 60 + (i % 12) as u8);
+        }
+        host.settings.yield_on_play = false;
+        let inputs = [
+            note_on(3, 50),
+            Incoming::NoteOff {
+                timing: 9,
+                channel: 0,
+                key: 50,
+            },
+            note_on(11, 36),
+        ];
+        let (processor, out) = (&mut host.processor, &mut host.out);
+        let settings = host.settings;
+        let mut emitted = 0;
+        let mut position = 0.0;
+        nice_assert_no_alloc::assert_no_alloc(|| {
+            for block in 0..400 {
+                let host = HostTransport {
+                    playing: block % 97 != 96,
+                    position: Some(Beats(if block == 200 { 1.0 } else { position })),
+                    tempo: Tempo::from_bpm(120.0),
+                    time_signature: TimeSignature::new(4, 4),
+                    sample_rate: RATE,
+                    len: 512,
+                };
+                processor.begin_block(&host, &settings, out);
+                let input = match block {
+                    300 => &inputs[..],
+                    _ if block % 50 == 0 => &inputs[..2],
+                    _ => &[],
+                };
+                for &event in input {
+                    processor.input(event, &settings, out);
+                }
+                processor.end_block(&settings, out);
+                out.drain_sorted(|_| emitted += 1);
+                position += 512.0 / 24_000.0;
+            }
+        });
+        assert!(emitted > 0);
+    }
+
     #[derive(Debug, Clone)]
     enum Step {
         Block { len: u32 },
