@@ -60,6 +60,9 @@ pub struct GrammarState {
     time_signature: Option<TimeSignature>,
     /// When set, every `TimeSig` must be this one (a continuation keeps the prime's meter).
     meter_lock: Option<TimeSignature>,
+    /// No `Position` below this in the current bar (a continuation starts where the prime
+    /// stopped, possibly mid-bar); reset by `Bar`.
+    min_position: u16,
     bars: u32,
 }
 
@@ -86,6 +89,11 @@ impl GrammarState {
     /// From now on only this meter may follow a `Bar`.
     pub fn lock_meter(&mut self, ts: TimeSignature) {
         self.meter_lock = Some(ts);
+    }
+
+    /// From now on, in the current bar, no onset before this grid step.
+    pub fn require_position_at_least(&mut self, position: u16) {
+        self.min_position = position;
     }
 
     /// Whether the sequence could end (or a new bar start) here.
@@ -115,10 +123,10 @@ impl fmt::Display for GrammarState {
     }
 }
 
-/// Up to four id ranges: the tokens allowed next.
+/// A few id ranges: the tokens allowed next.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Allowed {
-    ranges: [(TokenId, TokenId); 4],
+    ranges: [(TokenId, TokenId); 6],
     len: u8,
 }
 
@@ -132,6 +140,43 @@ impl Allowed {
 
     fn single(&mut self, id: TokenId) {
         self.push(id..id + 1);
+    }
+
+    /// Takes one id out of the set (a caller's extra rule, e.g. no `EOS` before the last bar).
+    pub fn remove(&mut self, id: TokenId) {
+        let n = usize::from(self.len);
+        let Some(i) = self.ranges[..n]
+            .iter()
+            .position(|&(a, b)| (a..b).contains(&id))
+        else {
+            return;
+        };
+        let (a, b) = self.ranges[i];
+        if a == id {
+            self.ranges[i].0 += 1;
+        } else if b == id + 1 {
+            self.ranges[i].1 -= 1;
+        } else {
+            // Split: there is always room, since the grammar uses at most four ranges.
+            self.ranges[i] = (a, id);
+            self.ranges[n] = (id + 1, b);
+            self.len += 1;
+        }
+        if self.ranges[i].0 == self.ranges[i].1 {
+            self.ranges.copy_within(i + 1..usize::from(self.len), i);
+            self.len -= 1;
+        }
+    }
+
+    /// The members of this set among `ids` (at most four of them).
+    pub fn restricted_to(&self, ids: &[TokenId]) -> Allowed {
+        let mut out = Allowed::default();
+        for &id in ids.iter().take(4) {
+            if self.contains(id) {
+                out.single(id);
+            }
+        }
+        out
     }
 
     pub fn ranges(&self) -> impl Iterator<Item = Range<TokenId>> + '_ {
@@ -227,6 +272,7 @@ impl Grammar {
             position: None,
             time_signature: None,
             meter_lock: None,
+            min_position: 0,
             bars: 0,
         }
     }
@@ -249,10 +295,12 @@ impl Grammar {
                 None => a.push(self.time_signatures.clone()),
             },
             Phase::BarOpen | Phase::AfterDuration => {
-                if state.phase == Phase::AfterDuration {
+                // More notes at this onset, unless it lies before a required start.
+                let at_or_after_start = state.position.is_some_and(|p| p >= state.min_position);
+                if state.phase == Phase::AfterDuration && at_or_after_start {
                     a.push(self.pitches.clone());
                 }
-                let first = state.position.map_or(0, |p| p + 1);
+                let first = state.position.map_or(0, |p| p + 1).max(state.min_position);
                 let end = state.bar_positions.min(self.positions.len() as u16);
                 if first < end {
                     a.push(
@@ -300,6 +348,7 @@ impl Grammar {
             TokenKind::Bar => {
                 state.bars += 1;
                 state.position = None;
+                state.min_position = 0;
                 Phase::AfterBar
             }
             TokenKind::TimeSig => {

@@ -4,8 +4,11 @@
 //! sampling under the token [`grammar`] → ids → notes → MIDI file. Each concept lives in the
 //! module named for it.
 
+pub mod generation;
 pub mod grammar;
 pub mod midi;
 pub mod models;
+pub mod sampling;
 pub mod time;
 pub mod tokenizer;
+pub mod training;

@@ -13,6 +13,7 @@ mod vocab;
 use std::path::{Path, PathBuf};
 
 pub use config::{ConfigError, RemiConfig};
+pub use decode::{Decoded, NoteDecoder};
 pub use vocab::{DurationValue, ParseTokenError, Position, Special, Token, TokenId, TokenKind};
 
 use crate::time::TimeSignature;

@@ -1,0 +1,164 @@
+//! Choosing the next token: temperature and nucleus (top-p) sampling over the tokens the grammar
+//! allows.
+//!
+//! Only the allowed ids are looked at (a few dozen to a hundred of the vocabulary), so a step's
+//! sampling costs microseconds next to the model's milliseconds, and the scratch buffer is
+//! reused so a step allocates nothing.
+
+use rand::Rng;
+
+use crate::grammar::Allowed;
+use crate::tokenizer::TokenId;
+
+/// Reusable sampling state.
+#[derive(Debug, Default)]
+pub struct Sampler {
+    /// `(logit or probability, id)` of the allowed tokens.
+    scratch: Vec<(f32, TokenId)>,
+}
+
+impl Sampler {
+    pub fn new(vocab_size: usize) -> Self {
+        Sampler {
+            scratch: Vec::with_capacity(vocab_size),
+        }
+    }
+
+    /// Picks one of the `allowed` ids from a row of logits.
+    ///
+    /// `temperature == 0` is greedy (ties go to the lowest id). Otherwise logits are divided by
+    /// the temperature, the smallest set of most likely tokens whose probability reaches
+    /// `top_p` is kept, and one is drawn from it. Non-finite logits count as impossible; if
+    /// every allowed token is impossible, the lowest allowed id is returned, so the result is
+    /// always allowed. Returns `None` only when nothing is allowed.
+    pub fn sample<R: Rng + ?Sized>(
+        &mut self,
+        logits: &[f32],
+        allowed: &Allowed,
+        temperature: f32,
+        top_p: f32,
+        rng: &mut R,
+    ) -> Option<TokenId> {
+        let first = allowed.ids().next()?;
+        self.scratch.clear();
+        for id in allowed.ids() {
+            let l = logits
+                .get(id as usize)
+                .copied()
+                .unwrap_or(f32::NEG_INFINITY);
+            if l.is_finite() {
+                self.scratch.push((l, id));
+            }
+        }
+        if self.scratch.is_empty() {
+            return Some(first);
+        }
+        if temperature <= 0.0 {
+            let mut best = self.scratch[0];
+            for &(l, id) in &self.scratch[1..] {
+                if l > best.0 || (l == best.0 && id < best.1) {
+                    best = (l, id);
+                }
+            }
+            return Some(best.1);
+        }
+        // Most likely first; equal logits in id order, so a seed always gives the same draw.
+        self.scratch
+            .sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let max = self.scratch[0].0;
+        let inv_t = 1.0 / temperature;
+        let mut total = 0.0f32;
+        for entry in &mut self.scratch {
+            entry.0 = ((entry.0 - max) * inv_t).exp();
+            total += entry.0;
+        }
+        // The nucleus: the shortest prefix reaching top_p of the mass (always at least one).
+        let threshold = top_p.clamp(0.0, 1.0) * total;
+        let mut kept = 0usize;
+        let mut mass = 0.0f32;
+        while kept < self.scratch.len() {
+            mass += self.scratch[kept].0;
+            kept += 1;
+            if mass >= threshold {
+                break;
+            }
+        }
+        let mut u = rng.random::<f32>() * mass;
+        for &(p, id) in &self.scratch[..kept] {
+            if u < p {
+                return Some(id);
+            }
+            u -= p;
+        }
+        Some(self.scratch[kept - 1].1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grammar::Grammar;
+    use crate::tokenizer::Tokenizer;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    fn allowed_after(tokens: &[&str]) -> (Tokenizer, Allowed) {
+        let tok = Tokenizer::reference();
+        let g = Grammar::new(&tok).unwrap();
+        let ids: Vec<u32> = tokens
+            .iter()
+            .map(|s| tok.id(s.parse().unwrap()).unwrap())
+            .collect();
+        let state = g.state_after(&ids).unwrap();
+        let a = g.allowed(&state);
+        (tok, a)
+    }
+
+    #[test]
+    fn greedy_takes_the_best_allowed_token() {
+        let (tok, allowed) = allowed_after(&["Bar_None", "TimeSig_4/4", "Position_0"]);
+        let mut logits = vec![0.0f32; tok.vocab_size()];
+        logits[tok.bar_id() as usize] = 100.0; // not allowed after a Position
+        let c4 = tok.id("Pitch_60".parse().unwrap()).unwrap();
+        logits[c4 as usize] = 5.0;
+        let mut s = Sampler::new(tok.vocab_size());
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        assert_eq!(s.sample(&logits, &allowed, 0.0, 1.0, &mut rng), Some(c4));
+    }
+
+    #[test]
+    fn top_p_keeps_only_the_nucleus() {
+        let (tok, allowed) = allowed_after(&["Bar_None", "TimeSig_4/4", "Position_0"]);
+        let mut logits = vec![f32::NEG_INFINITY; tok.vocab_size()];
+        let a = tok.id("Pitch_60".parse().unwrap()).unwrap();
+        let b = tok.id("Pitch_64".parse().unwrap()).unwrap();
+        let c = tok.id("Pitch_67".parse().unwrap()).unwrap();
+        logits[a as usize] = 2.0; // p ≈ 0.66
+        logits[b as usize] = 1.0; // p ≈ 0.24
+        logits[c as usize] = 0.0; // p ≈ 0.09
+        let mut s = Sampler::new(tok.vocab_size());
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut seen = [0usize; 3];
+        for _ in 0..2000 {
+            let id = s.sample(&logits, &allowed, 1.0, 0.8, &mut rng).unwrap();
+            seen[[a, b, c].iter().position(|&x| x == id).unwrap()] += 1;
+        }
+        assert_eq!(seen[2], 0, "a token outside the 0.8 nucleus was drawn");
+        assert!(seen[0] > 1200 && seen[1] > 400, "{seen:?}");
+        // With top_p = 1 every token can come up.
+        let hits = (0..2000)
+            .filter(|_| s.sample(&logits, &allowed, 1.0, 1.0, &mut rng) == Some(c))
+            .count();
+        assert!(hits > 50, "{hits}");
+    }
+
+    #[test]
+    fn impossible_logits_still_give_an_allowed_token() {
+        let (tok, allowed) = allowed_after(&["Bar_None", "TimeSig_4/4", "Position_0"]);
+        let logits = vec![f32::NAN; tok.vocab_size()];
+        let mut s = Sampler::new(tok.vocab_size());
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let id = s.sample(&logits, &allowed, 1.0, 0.9, &mut rng).unwrap();
+        assert!(allowed.contains(id));
+    }
+}

@@ -1,0 +1,329 @@
+//! Continuing phrases with a random-weight tiny model: every output decodes, ends after the
+//! requested bars, starts where the prime stops, keeps its meter, and streams what it returns.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use engine::generation::{GenerationError, Generator, Settings, StreamedNote};
+use engine::midi::Score;
+use engine::models::{Decoder, Model, ModelConfig};
+use engine::time::Ticks;
+use engine::tokenizer::Tokenizer;
+
+fn tiny_model() -> Model {
+    let mut config = ModelConfig::tiny();
+    config.max_seq_len = 1024;
+    config.adapter = None;
+    config.discriminator = None;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let decoder = Decoder::new(config.num_tokens, &config.decoder, vb).unwrap();
+    Model {
+        dir: PathBuf::from("<memory>"),
+        config,
+        tokenizer: Tokenizer::reference(),
+        decoder,
+        adapter: None,
+        discriminator: None,
+    }
+}
+
+fn example(name: &str) -> Score {
+    Score::read_file(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../assets/examples")
+            .join(name),
+    )
+    .unwrap()
+}
+
+/// Checks one continuation's invariants; returns the number of notes.
+fn check(
+    tok: &Tokenizer,
+    ids: &[u32],
+    notes: &[engine::midi::Note],
+    bars: u32,
+    meter: &str,
+) -> usize {
+    // The first bar is entered by the prime (or its unfinished last bar), so a continuation of
+    // `bars` bars holds exactly `bars - 1` bar lines.
+    let bar_lines = ids.iter().filter(|&&id| id == tok.bar_id()).count() as u32;
+    assert_eq!(bar_lines, bars - 1, "bar lines for {bars} bars");
+    for &id in ids {
+        if let Some(engine::tokenizer::Token::TimeSig(ts)) = tok.token(id) {
+            assert_eq!(ts.to_string(), meter, "meter changed");
+        }
+    }
+    for n in notes {
+        assert!((21..=108).contains(&n.pitch), "{n}");
+        assert!(n.duration.0 > 0 && n.velocity > 0, "{n}");
+    }
+    notes.len()
+}
+
+#[test]
+fn a_thousand_hot_generations_always_decode_with_the_exact_bar_count() {
+    let model = tiny_model();
+    let generator = Generator::new(&model).unwrap();
+    let tok = &model.tokenizer;
+    let prime_score = example("pop_4_4.mid");
+    let mut total_notes = 0;
+    let mut runs = 0;
+    // 100 batches of 10 variations = 1,000 continuations.
+    for seed in 0..100u64 {
+        let settings = Settings {
+            bars: 2,
+            temperature: 1.5,
+            top_p: 1.0,
+            seed: seed * 10,
+            variations: 10,
+        };
+        let prime = generator.prime(&prime_score, Some(2), &settings).unwrap();
+        let (continuations, _) = generator
+            .generate(&prime, &settings, None, |_| ControlFlow::Continue(()))
+            .unwrap();
+        assert_eq!(continuations.len(), 10);
+        for c in &continuations {
+            total_notes += check(tok, &c.ids, &c.notes, 2, "4/4");
+            // The continuation is exactly two 4/4 bars long (it starts on a bar line).
+            assert_eq!(c.length, Ticks(2 * 4 * 24));
+            assert!(c.notes.iter().all(|n| n.start < c.length));
+            runs += 1;
+        }
+    }
+    assert_eq!(runs, 1000);
+    assert!(
+        total_notes > 1000,
+        "only {total_notes} notes in 1,000 continuations"
+    );
+}
+
+#[test]
+fn same_seed_same_output_and_different_seeds_differ() {
+    let model = tiny_model();
+    let generator = Generator::new(&model).unwrap();
+    let score = example("pop_4_4.mid");
+    let run = |seed| {
+        let settings = Settings {
+            bars: 2,
+            temperature: 1.2,
+            seed,
+            ..Settings::default()
+        };
+        let prime = generator.prime(&score, None, &settings).unwrap();
+        generator
+            .generate(&prime, &settings, None, |_| ControlFlow::Continue(()))
+            .unwrap()
+            .0
+            .remove(0)
+    };
+    assert_eq!(run(7).ids, run(7).ids);
+    assert_ne!(run(7).ids, run(8).ids);
+}
+
+#[test]
+fn streaming_yields_the_returned_notes_in_order() {
+    let model = tiny_model();
+    let generator = Generator::new(&model).unwrap();
+    let score = example("pop_4_4.mid");
+    let settings = Settings {
+        bars: 3,
+        temperature: 1.3,
+        seed: 3,
+        variations: 2,
+        ..Settings::default()
+    };
+    let prime = generator.prime(&score, Some(3), &settings).unwrap();
+    let mut streamed: Vec<StreamedNote> = Vec::new();
+    let (continuations, stats) = generator
+        .generate(&prime, &settings, None, |n| {
+            streamed.push(*n);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    for (v, c) in continuations.iter().enumerate() {
+        let mine: Vec<(f64, f64, u8, u8)> = streamed
+            .iter()
+            .filter(|n| n.variation == v)
+            .map(|n| (n.onset.0, n.duration.0, n.pitch, n.velocity))
+            .collect();
+        let returned: Vec<(f64, f64, u8, u8)> = c
+            .notes
+            .iter()
+            .map(|n| {
+                (
+                    n.start.0 as f64 / 24.0,
+                    n.duration.0 as f64 / 24.0,
+                    n.pitch,
+                    n.velocity,
+                )
+            })
+            .collect();
+        assert_eq!(mine, returned, "variation {v}");
+        assert!(
+            mine.windows(2).all(|w| w[0].0 <= w[1].0),
+            "onsets out of order"
+        );
+    }
+    assert!(stats.first_note.is_some() || streamed.is_empty());
+}
+
+#[test]
+fn cancellation_stops_generation() {
+    let model = tiny_model();
+    let generator = Generator::new(&model).unwrap();
+    let score = example("pop_4_4.mid");
+    let settings = Settings {
+        bars: 4,
+        temperature: 1.5,
+        seed: 1,
+        ..Settings::default()
+    };
+    let prime = generator.prime(&score, None, &settings).unwrap();
+    let cancel = AtomicBool::new(true);
+    let err = generator
+        .generate(&prime, &settings, Some(&cancel), |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap_err();
+    assert!(matches!(err, GenerationError::Cancelled));
+    let mut seen = 0;
+    let result = generator.generate(&prime, &settings, None, |_| {
+        seen += 1;
+        ControlFlow::Break(())
+    });
+    assert!(seen <= 1);
+    if seen == 1 {
+        assert!(matches!(result, Err(GenerationError::Cancelled)));
+    }
+}
+
+#[test]
+fn a_prime_in_three_four_is_continued_in_three_four() {
+    let model = tiny_model();
+    let generator = Generator::new(&model).unwrap();
+    let score = example("waltz_3_4.mid");
+    for seed in 0..20 {
+        let settings = Settings {
+            bars: 3,
+            temperature: 1.5,
+            top_p: 1.0,
+            seed,
+            variations: 1,
+        };
+        let prime = generator.prime(&score, None, &settings).unwrap();
+        assert_eq!(prime.meter().to_string(), "3/4");
+        let (c, _) = generator
+            .generate(&prime, &settings, None, |_| ControlFlow::Continue(()))
+            .unwrap();
+        check(&model.tokenizer, &c[0].ids, &c[0].notes, 3, "3/4");
+        assert_eq!(c[0].length, Ticks(3 * 3 * 24));
+    }
+}
+
+#[test]
+fn a_prime_ending_mid_bar_is_finished_first_and_onsets_never_precede_its_end() {
+    let model = tiny_model();
+    let generator = Generator::new(&model).unwrap();
+    let mut score = example("pop_4_4.mid");
+    // Keep only what starts in the first bar and a half, cut to end at beat 6 (mid bar 2).
+    let q = u64::from(score.ticks_per_quarter);
+    score.notes.retain(|n| n.start.0 < 5 * q);
+    for n in &mut score.notes {
+        n.duration = Ticks(n.duration.0.min(6 * q - n.start.0));
+    }
+    for seed in 0..50 {
+        let settings = Settings {
+            bars: 2,
+            temperature: 1.5,
+            top_p: 1.0,
+            seed,
+            variations: 1,
+        };
+        let prime = generator.prime(&score, None, &settings).unwrap();
+        assert_eq!(prime.start(), Ticks(6 * 24), "the prime ends at beat 6");
+        let (c, _) = generator
+            .generate(&prime, &settings, None, |_| ControlFlow::Continue(()))
+            .unwrap();
+        // Two bars: the rest of bar 2 (2 beats) and bar 3.
+        assert_eq!(c[0].length, Ticks(2 * 24 + 4 * 24));
+        check(&model.tokenizer, &c[0].ids, &c[0].notes, 2, "4/4");
+        assert!(c[0].notes.iter().all(|n| n.start < c[0].length));
+    }
+}
+
+#[test]
+fn bad_settings_and_empty_primes_are_refused() {
+    let model = tiny_model();
+    let generator = Generator::new(&model).unwrap();
+    let score = example("pop_4_4.mid");
+    for settings in [
+        Settings {
+            temperature: -0.1,
+            ..Settings::default()
+        },
+        Settings {
+            top_p: 0.0,
+            ..Settings::default()
+        },
+        Settings {
+            top_p: 1.5,
+            ..Settings::default()
+        },
+        Settings {
+            bars: 0,
+            ..Settings::default()
+        },
+        Settings {
+            temperature: f32::NAN,
+            ..Settings::default()
+        },
+    ] {
+        assert!(
+            matches!(
+                generator.prime(&score, None, &settings),
+                Err(GenerationError::Settings(_))
+            ),
+            "{settings:?}"
+        );
+    }
+    let empty = Score::new(480);
+    assert!(matches!(
+        generator.prime(&empty, None, &Settings::default()),
+        Err(GenerationError::EmptyPrime)
+    ));
+    let too_many = Settings {
+        bars: 256,
+        ..Settings::default()
+    };
+    assert!(matches!(
+        generator.prime(&score, None, &too_many),
+        Err(GenerationError::TooManyBars { .. })
+    ));
+}
+
+#[test]
+fn greedy_is_deterministic_whatever_the_seed() {
+    let model = tiny_model();
+    let generator = Generator::new(&model).unwrap();
+    let score = example("waltz_3_4.mid");
+    let run = |seed| {
+        let settings = Settings {
+            bars: 2,
+            temperature: 0.0,
+            seed,
+            ..Settings::default()
+        };
+        let prime = generator.prime(&score, None, &settings).unwrap();
+        generator
+            .generate(&prime, &settings, None, |_| ControlFlow::Continue(()))
+            .unwrap()
+            .0
+            .remove(0)
+            .ids
+    };
+    assert_eq!(run(1), run(2));
+}
