@@ -15,8 +15,7 @@ use clack_host::events::{EventFlags, EventHeader};
 use clack_host::prelude::*;
 use clack_host::utils::BeatTime;
 
-mod scenario;
-
+use continuator_host_scenario as scenario;
 use scenario::{Block, Edge, Twist, BLOCK, SAMPLE_RATE};
 
 const PLUGIN_ID: &str = "org.continuator.continuator";
