@@ -30,7 +30,7 @@ pub struct Args {
     json: bool,
 }
 
-fn parse_precision(s: &str) -> Result<Precision, String> {
+pub(crate) fn parse_precision(s: &str) -> Result<Precision, String> {
     match s {
         "f32" => Ok(Precision::F32),
         "f16" => Ok(Precision::F16),
