@@ -20,6 +20,10 @@ use crate::time::{Ticks, TimeSignature};
 pub const MAX_FILE_BYTES: usize = 64 * 1024 * 1024;
 /// Refused above this many notes, for the same reason.
 pub const MAX_NOTES: usize = 2_000_000;
+/// Refused when a note, meter or tempo event lies beyond this many quarter notes (about 145 hours
+/// at 120 BPM). Delta times are cheap to write and the tokenizer emits a `Bar` for every bar up
+/// to the last note, so without a limit an 81-byte file asks for gigabytes of tokens.
+pub const MAX_QUARTERS: u64 = 1 << 20;
 
 /// MIDI channel 10, reserved for drums by General MIDI.
 const DRUM_CHANNEL: u8 = 9;
@@ -105,6 +109,8 @@ pub enum MidiErrorKind {
     ZeroTicksPerQuarter,
     #[error("more than {limit} notes")]
     TooManyNotes { limit: usize },
+    #[error("an event lies beyond {limit} quarter notes")]
+    TooLong { limit: u64 },
     #[error("malformed MIDI data: {0}")]
     Malformed(String),
     #[error("cannot write: a gap of {0} is longer than a MIDI delta time can hold")]
@@ -166,6 +172,7 @@ impl Score {
             Timing::Timecode(..) => return Err(MidiErrorKind::SmpteTiming),
         };
         let mut reader = NoteReader::default();
+        let max_time = Ticks(MAX_QUARTERS * u64::from(ticks_per_quarter));
         let mut score = Score {
             ticks_per_quarter,
             notes: Vec::new(),
@@ -173,7 +180,7 @@ impl Score {
             tempos: Vec::new(),
         };
         for track in &smf.tracks {
-            reader.read_track(track, &mut score)?;
+            reader.read_track(track, max_time, &mut score)?;
         }
         score.notes.sort_by_key(Note::sort_key);
         score.time_signatures.sort_by_key(|t| t.time);
@@ -341,6 +348,15 @@ fn check_container(bytes: &[u8]) -> Result<(), MidiErrorKind> {
     if !bytes.starts_with(b"MThd") {
         return Err(MidiErrorKind::NotMidi);
     }
+    // SMPTE timing (top bit of the division word) is refused here, before midly reads it:
+    // midly 0.5 negates the frame-rate byte as an `i8`, which overflows (a panic with overflow
+    // checks on) for the byte 0x80.
+    let header_len = bytes
+        .get(4..8)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    if header_len.is_some_and(|len| len >= 6) && bytes.get(12).is_some_and(|&hi| hi & 0x80 != 0) {
+        return Err(MidiErrorKind::SmpteTiming);
+    }
     let mut offset = 0usize;
     let mut chunk_index = 0usize;
     while offset < bytes.len() {
@@ -395,12 +411,25 @@ impl NoteReader {
     fn read_track(
         &mut self,
         track: &[TrackEvent<'_>],
+        max_time: Ticks,
         score: &mut Score,
     ) -> Result<(), MidiErrorKind> {
         let first_note = score.notes.len();
         let mut now = Ticks::ZERO;
         for event in track {
             now += Ticks(u64::from(event.delta.as_int()));
+            let kept = matches!(
+                event.kind,
+                TrackEventKind::Midi {
+                    message: MidiMessage::NoteOn { .. } | MidiMessage::NoteOff { .. },
+                    ..
+                } | TrackEventKind::Meta(MetaMessage::TimeSignature(..) | MetaMessage::Tempo(_))
+            );
+            if kept && now > max_time {
+                return Err(MidiErrorKind::TooLong {
+                    limit: MAX_QUARTERS,
+                });
+            }
             match event.kind {
                 TrackEventKind::Midi { channel, message } => {
                     let channel = channel.as_int();

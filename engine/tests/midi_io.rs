@@ -212,3 +212,45 @@ fn score_helpers() {
     let back = Score::from_bytes(&score.to_bytes().unwrap()).unwrap();
     assert_eq!(back, score);
 }
+
+/// Found by `cargo fuzz` (fuzz/fuzz_targets/read_tokenize.rs): a division word of 0x80xx made
+/// midly negate the frame-rate byte -128 as an `i8`, a panic with overflow checks on. Any
+/// division with the top bit set is SMPTE timing, refused with a typed error before midly runs.
+#[test]
+fn fuzz_smpte_division_0x80_is_refused_without_panic() {
+    let err = Score::from_bytes(&[
+        0x4D, 0x54, 0x68, 0x64, 0x00, 0x00, 0x00, 0x06, 0x00, 0x00, 0x00, 0x00, 0x80, 0x00,
+    ])
+    .unwrap_err();
+    assert!(matches!(err, MidiErrorKind::SmpteTiming), "{err}");
+}
+
+/// An 81-byte file whose notes sit 2^28 - 1 ticks apart at 1 tick per quarter: the tokenizer
+/// emits a `Bar` (and `TimeSig`) for every bar up to the last note, over 2 GB of ids, so files
+/// running past `MAX_QUARTERS` are refused when read.
+#[test]
+fn fuzz_far_apart_notes_are_refused_before_tokenizing() {
+    // `MThd`, format 0, one track, 1 tick per quarter; `MTrk` of 59 bytes.
+    let mut bytes = b"MThd\x00\x00\x00\x06\x00\x00\x00\x01\x00\x01".to_vec();
+    bytes.extend(b"MTrk\x00\x00\x00\x3B");
+    for _ in 0..5 {
+        // Note on at once, note off 2^28 - 1 ticks later.
+        bytes.extend([
+            0x00, 0x90, 0x3C, 0x40, 0xFF, 0xFF, 0xFF, 0x7F, 0x80, 0x3C, 0x00,
+        ]);
+    }
+    bytes.extend([0x00, 0xFF, 0x2F, 0x00]);
+    let err = Score::from_bytes(&bytes).unwrap_err();
+    assert!(matches!(err, MidiErrorKind::TooLong { .. }), "{err}");
+
+    // The same spacing within the limit still reads.
+    let mut near = Score::new(1);
+    near.notes.push(Note {
+        start: Ticks(engine::midi::MAX_QUARTERS - 1),
+        duration: Ticks(1),
+        pitch: 60,
+        velocity: 64,
+    });
+    let back = Score::from_bytes(&near.to_bytes().unwrap()).unwrap();
+    assert_eq!(back.notes, near.notes);
+}
