@@ -4,15 +4,57 @@
 //! model to load, and the plugin says so in its status rather than pretending: it keeps listening
 //! and passing MIDI through, and generates nothing.
 
-use crate::continuer::ContinueError;
 use crate::inference::Loader;
 
 /// The loader for the embedded default model, or for the user's adapter at `adapter_path`.
+#[cfg(not(feature = "test-continuer"))]
 pub fn loader(adapter_path: Option<String>) -> Loader {
     Box::new(move || {
         let source = adapter_path.as_deref().unwrap_or("the embedded model");
-        Err(ContinueError::NoModel(format!(
+        Err(crate::continuer::ContinueError::NoModel(format!(
             "cannot load {source}: the engine's generation API is not wired into the plugin yet"
         )))
     })
+}
+
+/// Test builds for the headless hosts: a scripted continuation instead of a model.
+#[cfg(feature = "test-continuer")]
+pub fn loader(_adapter_path: Option<String>) -> Loader {
+    tracing::warn!("continuator built with the `test-continuer` feature: scripted continuations");
+    Box::new(|| Ok(Box::new(scripted::EighthNotes) as Box<dyn crate::continuer::Continuer>))
+}
+
+#[cfg(feature = "test-continuer")]
+mod scripted {
+    use std::ops::ControlFlow;
+
+    use crate::continuer::{ContinueError, ContinueRequest, Continuer, GridNote};
+    use crate::time::{Ticks, TICKS_PER_BEAT};
+
+    /// Eighth notes from the requested start to its end, walking up a scale.
+    pub struct EighthNotes;
+
+    impl Continuer for EighthNotes {
+        fn continue_phrase(
+            &mut self,
+            request: &ContinueRequest,
+            emit: &mut dyn FnMut(GridNote) -> ControlFlow<()>,
+        ) -> Result<(), ContinueError> {
+            let step = i64::from(TICKS_PER_BEAT / 2);
+            let end = request.start.0 + request.length.0;
+            for (i, onset) in (request.start.0..end).step_by(step as usize).enumerate() {
+                let key = 60 + [0, 2, 4, 5, 7, 9, 11, 12][i % 8];
+                let note = GridNote {
+                    onset: Ticks(onset),
+                    duration: Ticks(step - 1),
+                    key,
+                    velocity: 90,
+                };
+                if emit(note).is_break() {
+                    break;
+                }
+            }
+            Ok(())
+        }
+    }
 }

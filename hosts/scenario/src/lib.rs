@@ -6,6 +6,17 @@ use anyhow::{bail, ensure, Result};
 pub const SAMPLE_RATE: f64 = 48_000.0;
 pub const BLOCK: u32 = 512;
 
+/// How much faster than real time the transport runs. The plugin's inference thread lives in real
+/// time; a host that processed the whole song in a few milliseconds would leave it no moment to
+/// hear the pause and answer before the playhead had passed.
+pub const SPEEDUP: f64 = 8.0;
+
+fn pace(frames: u32) {
+    std::thread::sleep(std::time::Duration::from_secs_f64(
+        f64::from(frames) / SAMPLE_RATE / SPEEDUP,
+    ));
+}
+
 /// A note edge in or out of the plugin, at a sample offset of its block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Edge {
@@ -86,6 +97,7 @@ pub fn play(plugin: &mut dyn Plugin, bpm: f64, numerator: u16, twist: Twist) -> 
             })
             .collect();
         let mut output = plugin.process(&block, &input)?;
+        pace(block.frames);
         for edge in &input {
             let Some(index) = output.iter().position(|o| o == edge) else {
                 bail!("input {edge:?} did not pass through at {sample}");

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Loads the plugin bundles in the two headless test hosts and plays the issue's scenarios.
+#
+# The bundles are built in debug (so nice-plug's `assert_process_allocs` aborts on any allocation
+# in `process`) with the `test-continuer` feature (a scripted continuation stands in for the model,
+# so playback is checked end to end). The product bundle is rebuilt afterwards:
+#   cargo xtask bundle continuator --release
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo xtask bundle continuator --features test-continuer
+cargo build -p continuator-clap-host -p continuator-vst3-host
+target/debug/continuator-clap-host target/bundled/Continuator.clap --require-continuation
+target/debug/continuator-vst3-host target/bundled/Continuator.vst3 --require-continuation
