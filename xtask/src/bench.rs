@@ -13,6 +13,9 @@ use engine::tokenizer::Tokenizer;
 pub enum Command {
     /// Tokenizer throughput (load + encode, one thread) over MIDI files.
     Tokenize(TokenizeArgs),
+    /// Training throughput (tokens/s) of a preset on synthetic data; compare with
+    /// scripts/bench_train_pytorch.py.
+    Train(crate::bench_train::Args),
 }
 
 #[derive(clap::Args)]
@@ -34,6 +37,7 @@ pub struct TokenizeArgs {
 pub fn run(command: Command) -> Result<()> {
     match command {
         Command::Tokenize(args) => tokenize(args),
+        Command::Train(args) => crate::bench_train::run(args),
     }
 }
 

@@ -7,8 +7,16 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_train;
+mod plot;
 mod score;
 mod tokenize;
+mod train;
+
+/// Training allocates and frees large tensors every step; glibc malloc returns the pages and the
+/// kernel zeroes them again. mimalloc reuses them (measured ~1.7x faster training on 2 cores).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +38,12 @@ enum Command {
     Bench(bench::Command),
     /// Mean NLL per token (nats) of a MIDI file under a model (and optional style adapter).
     Score(score::Args),
+    /// Train networks: `train decoder` pretrains on MIDI folders, `train export` writes a model
+    /// directory from a run.
+    #[command(subcommand)]
+    Train(train::Command),
+    /// Draw a run's loss curves to a PNG (RUN/loss.png).
+    Plot(plot::Args),
     /// Build the plugin and bundle it into target/bundled (CLAP and VST3):
     /// `cargo xtask bundle continuator --release`.
     Bundle {
@@ -52,7 +66,7 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,xtask::train=info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -72,6 +86,8 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Tokenize(args) => tokenize::run(args),
         Command::Score(args) => score::run(args),
+        Command::Train(command) => train::run(command),
+        Command::Plot(args) => plot::run(args),
         Command::Bench(command) => bench::run(command),
         Command::Bundle { args } => nice_plug_xtask::main_with_args(
             "cargo xtask",

@@ -1,0 +1,41 @@
+//! Training errors. Every error that concerns a file or folder names it.
+
+use std::path::PathBuf;
+
+/// Why training (or preparing its data) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no MIDI files (.mid, .midi) under {}", dirs_list(.dirs))]
+    NoMidi { dirs: Vec<PathBuf> },
+    #[error("none of the {files} MIDI files under {} could be tokenized (see the skipped-file list)", dirs_list(.dirs))]
+    NothingUsable { dirs: Vec<PathBuf>, files: usize },
+    #[error("{}: {reason}", path.display())]
+    Format { path: PathBuf, reason: String },
+    #[error("invalid training setting: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Model(#[from] crate::models::Error),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+fn dirs_list(dirs: &[PathBuf]) -> String {
+    dirs.iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { path, source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,568 @@
+//! `cargo xtask train decoder --data DIR [--data DIR2 ...] --preset tiny|small|seed --out runs/NAME
+//! [--steps N] [--batch B] [--seq L] [--lr X] [--device cpu|cuda|metal] [--resume]`
+//! and `cargo xtask train export runs/NAME --out assets/model [--f16]`.
+//!
+//! The loop itself lives in `engine::training`; this module parses settings, draws progress
+//! (indicatif on a terminal, log lines otherwise, so `nohup` logs stay readable), turns Ctrl-C
+//! into a clean checkpoint, and writes the model card on export.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use engine::models::ModelConfig;
+use engine::tokenizer::Tokenizer;
+use engine::training::checkpoint::{self, CHECKPOINT_FILE};
+use engine::training::optim::AdamWConfig;
+use engine::training::pretrain::{BASELINE_FILE, METRICS_FILE};
+use engine::training::schedule::Schedule;
+use engine::training::{
+    Corpus, CorpusOptions, Observer, RunOptions, StepReport, TrainConfig, Trainer, ValReport,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Pretrain the decoder on folders of MIDI files (resumable; Ctrl-C checkpoints).
+    Decoder(DecoderArgs),
+    /// Write a model directory (and MODEL_CARD.md) from a run's latest checkpoint.
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args)]
+pub struct DecoderArgs {
+    /// A folder searched recursively for MIDI files (repeat for several).
+    #[arg(long, required = true)]
+    data: Vec<PathBuf>,
+    /// Model shape: tiny (tests), small (the embedded default), seed (12 × 768).
+    #[arg(long, default_value = "small", value_parser = ["tiny", "small", "seed"])]
+    preset: String,
+    /// The run folder (checkpoint, metrics, id cache, run.json).
+    #[arg(long)]
+    out: PathBuf,
+    /// Optimiser steps for the whole run (default 20000; with --resume, extends or shortens it).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Sequences per micro-batch (default: 8; tiny: 4).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Window length in tokens (default: 512; tiny: 64; seed: 1024).
+    #[arg(long)]
+    seq: Option<usize>,
+    /// Peak learning rate (default: 1e-3; seed: 3e-4).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Micro-batches per step (gradient accumulation).
+    #[arg(long, default_value_t = 1)]
+    accum: usize,
+    /// Warm-up steps (default: 5 % of the run, at most 500).
+    #[arg(long)]
+    warmup: Option<u64>,
+    /// Validate every N steps.
+    #[arg(long, default_value_t = 200)]
+    val_every: u64,
+    /// Validation windows (a fixed set from the held-out files).
+    #[arg(long, default_value_t = 48)]
+    val_windows: usize,
+    /// Checkpoint every N steps…
+    #[arg(long, default_value_t = 500)]
+    checkpoint_every: u64,
+    /// …or every this many minutes, whichever comes first.
+    #[arg(long, default_value_t = 5.0)]
+    checkpoint_minutes: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Turn off random transposition of training windows.
+    #[arg(long)]
+    no_transpose: bool,
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda", "metal"])]
+    device: String,
+    /// Continue the run in --out from its checkpoint, with its saved settings.
+    #[arg(long)]
+    resume: bool,
+    /// Stop (with a checkpoint) after this many steps in total, leaving the run resumable.
+    #[arg(long, hide = true)]
+    stop_at: Option<u64>,
+}
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// The run folder.
+    run: PathBuf,
+    /// The model directory to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Store the weights in f16 (half the size; loaded at any precision).
+    #[arg(long)]
+    f16: bool,
+}
+
+pub fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Decoder(args) => decoder(args),
+        Command::Export(args) => export(args),
+    }
+}
+
+fn preset(name: &str) -> (ModelConfig, usize, usize, f64) {
+    match name {
+        "tiny" => (ModelConfig::tiny(), 64, 4, 1e-3),
+        "seed" => (ModelConfig::seed(), 1024, 8, 3e-4),
+        _ => (ModelConfig::small(), 512, 8, 1e-3),
+    }
+}
+
+fn device(name: &str) -> Result<Device> {
+    Ok(match name {
+        "cuda" => Device::new_cuda(0).context("--device cuda (build with --features cuda)")?,
+        "metal" => Device::new_metal(0).context("--device metal (build with --features metal)")?,
+        _ => Device::Cpu,
+    })
+}
+
+fn new_config(args: &DecoderArgs) -> TrainConfig {
+    let (mut model, seq, batch, lr) = preset(&args.preset);
+    let seq = args.seq.unwrap_or(seq);
+    model.max_seq_len = seq;
+    model.adapter = None;
+    model.discriminator = None;
+    let steps = args.steps.unwrap_or(20_000);
+    TrainConfig {
+        preset: args.preset.clone(),
+        model,
+        data: args.data.clone(),
+        seq,
+        batch: args.batch.unwrap_or(batch),
+        accum: args.accum,
+        steps,
+        schedule: Schedule {
+            peak: args.lr.unwrap_or(lr),
+            warmup: args.warmup.unwrap_or((steps / 20).clamp(1, 500)),
+            total: steps,
+            min_ratio: 0.1,
+        },
+        adamw: AdamWConfig::default(),
+        clip: 1.0,
+        val_every: args.val_every,
+        val_windows: args.val_windows,
+        val_fraction: 0.05,
+        checkpoint_every: args.checkpoint_every,
+        checkpoint_minutes: args.checkpoint_minutes,
+        seed: args.seed,
+        transpose: !args.no_transpose,
+    }
+}
+
+fn decoder(args: DecoderArgs) -> Result<()> {
+    let cfg = if args.resume {
+        let mut cfg = TrainConfig::load(&args.out)
+            .with_context(|| format!("--resume: no run to resume in {}", args.out.display()))?;
+        if let Some(steps) = args.steps {
+            cfg.steps = steps;
+            cfg.schedule.total = steps;
+        }
+        for (given, what) in [
+            (args.seq.is_some(), "--seq"),
+            (args.batch.is_some(), "--batch"),
+            (args.lr.is_some(), "--lr"),
+        ] {
+            if given {
+                tracing::warn!("{what} is ignored with --resume: the run keeps its settings");
+            }
+        }
+        cfg
+    } else {
+        if args.out.join(CHECKPOINT_FILE).exists() {
+            bail!(
+                "{} already holds a run: pass --resume to continue it, or choose another --out",
+                args.out.display()
+            );
+        }
+        new_config(&args)
+    };
+    let dev = device(&args.device)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("{}: cannot create the run folder", args.out.display()))?;
+
+    let tok = Tokenizer::reference();
+    let bar = bar(
+        0,
+        "tokenizing {pos}/{len} files [{elapsed}] {wide_bar} {eta}",
+    );
+    let corpus = Corpus::load(
+        &CorpusOptions {
+            dirs: cfg.data.clone(),
+            cache_dir: args.out.join("data"),
+            val_fraction: cfg.val_fraction,
+        },
+        &tok,
+        &|done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
+    bar.finish_and_clear();
+    report_corpus(&corpus, &args.out)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                eprintln!("second interrupt: exiting without a checkpoint");
+                std::process::exit(130);
+            }
+            eprintln!("interrupt: finishing this step, then writing a checkpoint…");
+        })
+        .context("cannot install the Ctrl-C handler")?;
+    }
+    let mut trainer = Trainer::new(cfg, &args.out, corpus, dev, args.resume)?;
+    let state = trainer.state().clone();
+    let steps = trainer.config().steps;
+    tracing::info!(
+        "{} run in {}: step {}/{steps}, bigram baseline {:.4} nats/token on validation",
+        if args.resume { "resuming" } else { "new" },
+        args.out.display(),
+        state.step,
+        trainer.bigram_val_loss()
+    );
+    let mut progress = Progress::new(state.step, steps);
+    let opts = RunOptions {
+        stop: Some(stop.clone()),
+        stop_at: args.stop_at,
+    };
+    let end = trainer.run(&opts, &mut progress)?;
+    progress.bar.finish_and_clear();
+    let how = if end.step >= steps {
+        "finished"
+    } else {
+        "stopped (resume with --resume)"
+    };
+    println!(
+        "{how} at step {}/{steps}: {} tokens seen, validation {} nats/token (bigram {:.4}); checkpoint in {}",
+        end.step,
+        end.tokens_seen,
+        end.val_loss
+            .map_or("not measured yet".to_string(), |v| format!("{v:.4}")),
+        trainer.bigram_val_loss(),
+        args.out.join(CHECKPOINT_FILE).display()
+    );
+    Ok(())
+}
+
+fn bar(len: u64, template: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
+    bar
+}
+
+/// Logs the corpus summary and writes `skipped.txt` (one `file<TAB>reason` a line).
+fn report_corpus(corpus: &Corpus, out: &Path) -> Result<()> {
+    let (train, val) = corpus.split_sizes();
+    let (train_tokens, val_tokens) = corpus.token_counts();
+    tracing::info!(
+        "{} MIDI files ({}): {train} train files ({train_tokens} tokens), {val} validation files ({val_tokens} tokens), {} skipped",
+        corpus.files(),
+        if corpus.from_cache() { "id cache reused" } else { "tokenized" },
+        corpus.skipped().len()
+    );
+    let list: String = corpus
+        .skipped()
+        .iter()
+        .map(|s| format!("{}\t{}\n", s.file.display(), s.reason))
+        .collect();
+    let path = out.join("skipped.txt");
+    std::fs::write(&path, list).with_context(|| format!("{}: cannot write", path.display()))?;
+    for s in corpus.skipped() {
+        tracing::warn!("skipped {}: {}", s.file.display(), s.reason);
+    }
+    Ok(())
+}
+
+/// Progress as an indicatif bar on a terminal, as periodic log lines otherwise.
+struct Progress {
+    bar: ProgressBar,
+    terminal: bool,
+    val: Option<ValReport>,
+    /// Exponential moving average of the training loss and of tokens/s.
+    loss: Option<f64>,
+    rate: Option<f64>,
+}
+
+impl Progress {
+    fn new(step: u64, steps: u64) -> Self {
+        let bar = bar(
+            steps,
+            "{pos}/{len} [{elapsed_precise}] {wide_bar} eta {eta} | {msg}",
+        );
+        bar.set_position(step);
+        Self {
+            bar,
+            terminal: std::io::stderr().is_terminal(),
+            val: None,
+            loss: None,
+            rate: None,
+        }
+    }
+
+    fn message(&self) -> String {
+        let val = self.val.as_ref().map_or(String::new(), |v| {
+            format!(" val {:.3} (bigram {:.3})", v.val_loss, v.bigram_val_loss)
+        });
+        format!(
+            "loss {:.3}{val} {:.0} tok/s",
+            self.loss.unwrap_or(f64::NAN),
+            self.rate.unwrap_or(0.0)
+        )
+    }
+}
+
+impl Observer for Progress {
+    fn step(&mut self, r: &StepReport) {
+        let ema = |old: Option<f64>, new: f64| Some(old.map_or(new, |o| 0.9 * o + 0.1 * new));
+        self.loss = ema(self.loss, r.loss);
+        self.rate = ema(self.rate, r.tokens_per_s);
+        self.bar.set_position(r.step);
+        self.bar.set_message(self.message());
+        if !self.terminal && (r.step.is_multiple_of(10) || r.step == 1) {
+            tracing::info!(
+                "step {}/{} lr {:.2e} loss {:.4} (avg {:.4}) |g| {:.2} {:.0} tok/s, {} tokens seen",
+                r.step,
+                r.steps,
+                r.lr,
+                r.loss,
+                self.loss.unwrap_or(f64::NAN),
+                r.grad_norm,
+                r.tokens_per_s,
+                r.tokens_seen
+            );
+        }
+    }
+
+    fn val(&mut self, r: &ValReport) {
+        tracing::info!(
+            "step {}: validation {:.4} nats/token (bigram {:.4}) over {} tokens",
+            r.step,
+            r.val_loss,
+            r.bigram_val_loss,
+            r.val_tokens
+        );
+        self.val = Some(r.clone());
+    }
+
+    fn checkpoint(&mut self, step: u64, path: &Path) {
+        tracing::info!("step {step}: checkpoint {}", path.display());
+    }
+}
+
+fn export(args: ExportArgs) -> Result<()> {
+    let cfg = TrainConfig::load(&args.run)?;
+    let dtype = if args.f16 { DType::F16 } else { DType::F32 };
+    let ck = args.run.join(CHECKPOINT_FILE);
+    let done = engine::training::export::export(&ck, &cfg.model, &args.out, dtype)?;
+    let card = model_card(&args, &cfg, &done)?;
+    let card_path = args.out.join("MODEL_CARD.md");
+    std::fs::write(&card_path, card)
+        .with_context(|| format!("{}: cannot write", card_path.display()))?;
+    println!(
+        "wrote {} (step {}, {} parameters, decoder {:.1} MB)",
+        args.out.display(),
+        done.step,
+        done.parameters,
+        done.decoder_bytes as f64 / 1e6
+    );
+    Ok(())
+}
+
+/// The latest validation loss and its step from a run's metrics, if any.
+fn latest_val(run: &Path) -> Option<(u64, f64)> {
+    let text = std::fs::read_to_string(run.join(METRICS_FILE)).ok()?;
+    text.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "val")
+        .find_map(|v| Some((v["step"].as_u64()?, v["val_loss"].as_f64()?)))
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// Licence and attribution text from the data folders (a `NOTICE.md` in the folder or its
+/// parent), quoted whole so the attribution travels with the weights.
+fn notices(data: &[PathBuf]) -> String {
+    let mut seen = Vec::new();
+    let mut out = String::new();
+    for dir in data {
+        for candidate in [dir.join("NOTICE.md"), dir.join("../NOTICE.md")] {
+            let Ok(path) = candidate.canonicalize() else {
+                continue;
+            };
+            if seen.contains(&path) {
+                continue;
+            }
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                out.push_str(&format!(
+                    "\n<!-- copied from {} -->\n\n",
+                    candidate.display()
+                ));
+                out.push_str(&text.replace("\n# ", "\n### ").replace("\n## ", "\n### "));
+                seen.push(path);
+            }
+        }
+    }
+    if out.is_empty() {
+        out = "(no NOTICE.md was found beside the data folders: add the data's licences here)\n"
+            .into();
+    }
+    out
+}
+
+fn model_card(
+    args: &ExportArgs,
+    cfg: &TrainConfig,
+    done: &engine::training::export::Exported,
+) -> Result<String> {
+    let ck = checkpoint::load(&args.run.join(CHECKPOINT_FILE), &Device::Cpu)?;
+    let state = ck.state;
+    let baseline: Option<serde_json::Value> = std::fs::read_to_string(args.run.join(BASELINE_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let bigram = baseline
+        .as_ref()
+        .and_then(|b| b["bigram_val_loss"].as_f64());
+    let val = latest_val(&args.run);
+    let d = &cfg.model.decoder;
+    let data_args: String = cfg
+        .data
+        .iter()
+        .map(|d| format!(" --data {}", d.display()))
+        .collect();
+    let command = format!(
+        "RAYON_NUM_THREADS=1 cargo run --release -p xtask -- train decoder{data_args} --preset {} --out {} --steps {} --batch {} --seq {} --lr {} --accum {} --warmup {} --seed {}{}",
+        cfg.preset,
+        args.run.display(),
+        cfg.steps,
+        cfg.batch,
+        cfg.seq,
+        cfg.schedule.peak,
+        cfg.accum,
+        cfg.schedule.warmup,
+        cfg.seed,
+        if cfg.transpose { "" } else { " --no-transpose" }
+    );
+    let finished = state.step >= cfg.steps;
+    let status = if finished {
+        format!(
+            "The run is complete: {} of {} steps.",
+            state.step, cfg.steps
+        )
+    } else {
+        format!(
+            "**This is a checkpoint of an ongoing run**: step {} of {} ({:.0} %). Continue it with \
+             the same command plus `--resume` (it reads `{}/run.json` and `checkpoint.safetensors`), \
+             then export again with `cargo xtask train export {} --out {} --f16`.",
+            state.step,
+            cfg.steps,
+            100.0 * state.step as f64 / cfg.steps as f64,
+            args.run.display(),
+            args.run.display(),
+            args.out.display()
+        )
+    };
+    let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
+    let val_line = match val {
+        Some((step, v)) => format!("{v:.4} (measured at step {step})"),
+        None => "not measured yet".into(),
+    };
+    Ok(format!(
+        "# Continuator default model\n\n\
+         A decoder-only transformer over MidiTok REMI tokens (x-transformers layout, see\n\
+         `docs/model-format.md`), pretrained from scratch with `cargo xtask train decoder`.\n\n\
+         ## Status\n\n{status}\n\n\
+         ## Shapes\n\n\
+         | | |\n|---|---|\n\
+         | vocabulary | {} tokens (MidiTok 3.1 REMI reference configuration) |\n\
+         | decoder | {} × {}, {} heads × {}, GLU feed-forward × {}, rotary positions |\n\
+         | parameters | {} |\n\
+         | training context | {} tokens |\n\
+         | weights | {} (`decoder.safetensors`, {:.1} MB) |\n\n\
+         ## Training\n\n\
+         | | |\n|---|---|\n\
+         | steps | {} of {} |\n\
+         | tokens seen | {} |\n\
+         | batch | {} × {} tokens{} |\n\
+         | optimiser | AdamW (β {}, {}; weight decay {} on matrices), peak lr {}, {} warm-up steps, cosine to {} × peak, clip {} |\n\
+         | augmentation | {} |\n\
+         | hardware | {}, CPU only, f32 (thread count in the command below); {:.1} h of training so far |\n\n\
+         ## Validation (nats/token, held-out files: ~{:.0} % of files, split by file)\n\n\
+         | model | loss |\n|---|---|\n\
+         | this decoder | {val_line} |\n\
+         | bigram baseline, same windows | {} |\n\n\
+         ## Reproduce\n\n```sh\n{command}\n\
+         cargo run --release -p xtask -- train export {} --out {} --f16\n```\n\n\
+         The data folders are the corpus described below (`../shared/corpus/` in the development\n\
+         setup); the run is deterministic for a given seed and thread count.\n\n\
+         ## Data and licences\n\n\
+         Trained on every MIDI file under: {}. The weights are derived from these works; keep the\n\
+         attribution below with them.\n{}",
+        cfg.model.num_tokens,
+        d.depth,
+        d.dim,
+        d.heads,
+        d.attn_dim_head,
+        d.ff_mult,
+        done.parameters,
+        cfg.seq,
+        if args.f16 { "f16" } else { "f32" },
+        done.decoder_bytes as f64 / 1e6,
+        state.step,
+        cfg.steps,
+        state.tokens_seen,
+        cfg.batch,
+        cfg.seq,
+        if cfg.accum > 1 {
+            format!(", {} micro-batches per step", cfg.accum)
+        } else {
+            String::new()
+        },
+        cfg.adamw.beta1,
+        cfg.adamw.beta2,
+        cfg.adamw.weight_decay,
+        cfg.schedule.peak,
+        cfg.schedule.warmup,
+        cfg.schedule.min_ratio,
+        cfg.clip,
+        if cfg.transpose {
+            "random transposition of each window (up to ±7 semitones, kept in range)"
+        } else {
+            "none"
+        },
+        cpu_name(),
+        state.train_seconds / 3600.0,
+        100.0 * cfg.val_fraction,
+        fmt(bigram),
+        args.run.display(),
+        args.out.display(),
+        cfg.data
+            .iter()
+            .map(|d| format!("`{}`", d.display()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        notices(&cfg.data),
+    ))
+}
