@@ -332,6 +332,8 @@ pub struct GenerationStats {
     pub tokens: usize,
     /// Decoding steps (each advances every variation by one token).
     pub steps: usize,
+    /// Time spent masking and sampling (the rest of a step is the model).
+    pub sampling: Duration,
 }
 
 /// Generation for one model.
@@ -432,6 +434,7 @@ impl<'m> Generator<'m> {
                 return Err(GenerationError::Cancelled);
             }
             let mut stop = false;
+            let sampling_started = Instant::now();
             with_rows(&logits, vocab, |v, row| {
                 let run = &mut runs[v];
                 if run.done || stop {
@@ -504,6 +507,7 @@ impl<'m> Generator<'m> {
                     }
                 }
             })?;
+            stats.sampling += sampling_started.elapsed();
             if stop {
                 return Err(GenerationError::Cancelled);
             }

@@ -13,6 +13,8 @@ use engine::tokenizer::Tokenizer;
 pub enum Command {
     /// Tokenizer throughput (load + encode, one thread) over MIDI files.
     Tokenize(TokenizeArgs),
+    /// Generation: time to first note, tokens/s and real-time factor, K = 1 and K = 4.
+    Generate(crate::bench_generate::Args),
     /// Training throughput (tokens/s) of a preset on synthetic data; compare with
     /// scripts/bench_train_pytorch.py.
     Train(crate::bench_train::Args),
@@ -37,6 +39,7 @@ pub struct TokenizeArgs {
 pub fn run(command: Command) -> Result<()> {
     match command {
         Command::Tokenize(args) => tokenize(args),
+        Command::Generate(args) => crate::bench_generate::run(args),
         Command::Train(args) => crate::bench_train::run(args),
     }
 }

@@ -7,7 +7,9 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_generate;
 mod bench_train;
+mod continuation;
 mod plot;
 mod score;
 mod tokenize;
@@ -31,6 +33,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Continue a MIDI phrase: writes the prime and its continuation.
+    Continue(continuation::Args),
     /// Print the REMI tokens of a MIDI file (MidiTok 3.1.0 ids).
     Tokenize(tokenize::Args),
     /// Throughput measurements over real files (see scripts/ for the Python comparisons).
@@ -84,6 +88,7 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Continue(args) => continuation::run(args),
         Command::Tokenize(args) => tokenize::run(args),
         Command::Score(args) => score::run(args),
         Command::Train(command) => train::run(command),

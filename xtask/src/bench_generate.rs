@@ -1,0 +1,147 @@
+//! `cargo xtask bench generate [--model DIR] [--preset small|seed] [--bars 4] [--runs 3]`:
+//! time to first note, tokens/s and real-time factor of continuing a prime, for one
+//! continuation (K = 1) and for four variations in one batch (K = 4), in one run so the ratio
+//! compares like with like. Without `--model`, a randomly initialised model of the preset's
+//! shape is timed (speed does not depend on the weights; the real-time factor does, through how
+//! many tokens a bar takes, so give `--model` for it).
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use engine::generation::{GenerationStats, Generator, Settings};
+use engine::midi::Score;
+use engine::models::{Decoder, LoadOptions, Model, ModelConfig, Precision};
+use engine::tokenizer::Tokenizer;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A model directory; without it, random weights of --preset's shape.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Shape to time without --model: small or seed.
+    #[arg(long, default_value = "small")]
+    preset: String,
+    /// The prime (default: the bundled 4/4 example).
+    #[arg(long)]
+    prime: Option<PathBuf>,
+    #[arg(long, default_value_t = 4)]
+    bars: u32,
+    /// Timed runs per setting (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Weight precision: f32 or q8.
+    #[arg(long, default_value = "f32", value_parser = crate::score::parse_precision)]
+    precision: Precision,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let model = match &args.model {
+        Some(dir) => Model::load(
+            dir,
+            &LoadOptions {
+                precision: args.precision,
+                ..LoadOptions::default()
+            },
+        )?,
+        None => random_model(&args.preset, args.precision)?,
+    };
+    let prime_path = args.prime.clone().unwrap_or_else(|| {
+        crate::continuation::default_model_dir()
+            .parent()
+            .map(|assets| assets.join("examples/pop_4_4.mid"))
+            .unwrap_or_default()
+    });
+    let score = Score::read_file(&prime_path)?;
+    let generator = Generator::new(&model)?;
+    let bpm = score.initial_bpm();
+    println!(
+        "model {} ({}), prime {}, {} bars at {bpm:.0} BPM, {} threads",
+        args.model.as_ref().map_or_else(
+            || format!("random `{}`", args.preset),
+            |d| d.display().to_string()
+        ),
+        format!("{:?}", args.precision).to_lowercase(),
+        prime_path.display(),
+        args.bars,
+        candle_core::utils::get_num_threads(),
+    );
+    let mut per_k = Vec::new();
+    for k in [1usize, 4] {
+        let mut results: Vec<(GenerationStats, f64)> = Vec::new();
+        for run in 0..args.runs.max(1) {
+            let settings = Settings {
+                bars: args.bars,
+                temperature: 1.0,
+                top_p: 0.95,
+                seed: run as u64,
+                variations: k,
+            };
+            let prime = generator.prime(&score, None, &settings)?;
+            let (continuations, stats) = generator
+                .generate(&prime, &settings, None, |_| ControlFlow::Continue(()))
+                .context("generating")?;
+            let quarters = continuations[0]
+                .length
+                .to_quarters(model.tokenizer.ticks_per_quarter())
+                .0;
+            results.push((stats, quarters * 60.0 / bpm));
+        }
+        results.sort_by(|a, b| a.0.total.cmp(&b.0.total));
+        let (stats, playing) = results[results.len() / 2].clone();
+        let total = stats.total.as_secs_f64();
+        let step_seconds = (total - stats.prefill.as_secs_f64()).max(1e-9);
+        println!(
+            "K={k}: {:>6} tokens in {:>7.3} s = {:>7.0} tokens/s | prefill {:>6.1} ms | first note {:>6.1} ms | real-time factor {:.3} | sampling+grammar {:.1} % of decode time",
+            stats.tokens,
+            total,
+            stats.tokens as f64 / total.max(1e-9),
+            stats.prefill.as_secs_f64() * 1e3,
+            stats.first_note.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
+            total / playing.max(1e-9),
+            100.0 * stats.sampling.as_secs_f64() / step_seconds,
+        );
+        per_k.push((stats.tokens as f64 / k as f64, total));
+    }
+    // Cost of four variations against one, per continuation token count.
+    let (tokens1, time1) = per_k[0];
+    let (tokens4, time4) = per_k[1];
+    println!(
+        "K=4 / K=1 time: {:.2}x (per-variation tokens {:.0} vs {:.0})",
+        time4 / time1.max(1e-9),
+        tokens4,
+        tokens1
+    );
+    Ok(())
+}
+
+fn random_model(preset: &str, precision: Precision) -> Result<Model> {
+    let config = match preset {
+        "small" => ModelConfig::small(),
+        "seed" => ModelConfig::seed(),
+        "tiny" => ModelConfig::tiny(),
+        other => anyhow::bail!("unknown preset `{other}` (small, seed, tiny)"),
+    };
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let decoder = Decoder::new(config.num_tokens, &config.decoder, vb)?;
+    let decoder = if precision == Precision::Q8 {
+        decoder.quantize()?
+    } else {
+        decoder
+    };
+    Ok(Model {
+        dir: PathBuf::from(format!("<random {preset}>")),
+        config: ModelConfig {
+            adapter: None,
+            discriminator: None,
+            ..config
+        },
+        tokenizer: Tokenizer::reference(),
+        decoder,
+        adapter: None,
+        discriminator: None,
+    })
+}

@@ -1,0 +1,210 @@
+//! `cargo xtask continue IN.mid -o OUT.mid [--bars 4] [--prime-bars N] [--temperature 1.0]
+//! [--top-p 0.95] [--seed S] [--variations K] [--model DIR] [--adapter FILE]
+//! [--only-continuation]`: the system's main job, from a MIDI file to its continuation.
+
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use engine::generation::{Continuation, Generator, Prime, Settings};
+use engine::midi::{Note, NoteTrack, Score};
+use engine::models::{LoadOptions, Model, Precision};
+use engine::time::Ticks;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The prime: a MIDI file whose end the continuation picks up from.
+    input: PathBuf,
+    /// Where to write the result (with --variations K > 1: OUT-1.mid … OUT-K.mid).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Bars to generate; a prime ending mid-bar is finished first, as part of the first bar.
+    #[arg(long, default_value_t = 4)]
+    bars: u32,
+    /// Use only the first N bars of the input as the prime (default: all of it).
+    #[arg(long)]
+    prime_bars: Option<u32>,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// Nucleus sampling mass, in (0, 1].
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Random seed; variation i uses seed + i - 1.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Continuations to make from the one prime (one batch).
+    #[arg(long, default_value_t = 1)]
+    variations: usize,
+    /// A model directory (default: the embedded model in assets/model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// A style adapter file (default: the model directory's adapter.safetensors, if any).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Write the continuation alone, without the prime.
+    #[arg(long)]
+    only_continuation: bool,
+    /// Weight precision: f32 (reference), f16, bf16 or q8 (8-bit, fast on CPU).
+    #[arg(long, default_value = "f32", value_parser = crate::score::parse_precision)]
+    precision: Precision,
+}
+
+/// The embedded default model, in the repository's `assets/`.
+pub fn default_model_dir() -> PathBuf {
+    let xtask = Path::new(env!("CARGO_MANIFEST_DIR"));
+    xtask.parent().unwrap_or(xtask).join("assets/model")
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let settings = Settings {
+        bars: args.bars,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        seed: args.seed,
+        variations: args.variations,
+    };
+    settings.validate()?;
+    if args.prime_bars == Some(0) {
+        bail!("--prime-bars must be at least 1");
+    }
+    let score = Score::read_file(&args.input)?;
+    if score.notes.is_empty() {
+        bail!("{}: the prime has no notes", args.input.display());
+    }
+
+    let model_dir = args.model.clone().unwrap_or_else(default_model_dir);
+    if !model_dir.join("config.json").exists() {
+        bail!(
+            "no model at {}: pass --model DIR, or train one with `cargo xtask train decoder --data DIR --preset small --out runs/NAME` and export it",
+            model_dir.display()
+        );
+    }
+    let opts = LoadOptions {
+        precision: args.precision,
+        adapter: args.adapter.is_none(),
+        ..LoadOptions::default()
+    };
+    let mut model = Model::load(&model_dir, &opts)?;
+    if let Some(adapter) = &args.adapter {
+        model.load_adapter(adapter, &opts)?;
+    }
+    let generator = Generator::new(&model)?;
+    let prime = generator
+        .prime(&score, args.prime_bars, &settings)
+        .with_context(|| format!("{}: cannot use it as a prime", args.input.display()))?;
+
+    let mut stderr = std::io::stderr();
+    let mut notes = 0usize;
+    let (continuations, stats) = generator.generate(&prime, &settings, None, |_| {
+        notes += 1;
+        let _ = write!(stderr, "\rgenerating: {notes} notes");
+        ControlFlow::Continue(())
+    })?;
+    let _ = writeln!(stderr);
+
+    let quarters = continuations[0]
+        .length
+        .to_quarters(model.tokenizer.ticks_per_quarter())
+        .0;
+    let playing_seconds = quarters * 60.0 / score.initial_bpm();
+    let seconds = stats.total.as_secs_f64();
+    eprintln!(
+        "{} bar(s) × {} variation(s): {} tokens in {:.2} s ({:.0} tokens/s), first note after {:.0} ms, real-time factor {:.3} at {:.0} BPM",
+        settings.bars,
+        settings.variations,
+        stats.tokens,
+        seconds,
+        stats.tokens as f64 / seconds.max(1e-9),
+        stats.first_note.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        seconds / playing_seconds.max(1e-9),
+        score.initial_bpm(),
+    );
+
+    for (i, continuation) in continuations.iter().enumerate() {
+        let path = if continuations.len() > 1 {
+            numbered(&args.output, i + 1)
+        } else {
+            args.output.clone()
+        };
+        write_result(
+            &path,
+            &score,
+            &prime,
+            continuation,
+            model.tokenizer.ticks_per_quarter(),
+            args.only_continuation,
+        )?;
+        eprintln!(
+            "wrote {} ({} notes, seed {})",
+            path.display(),
+            continuation.notes.len(),
+            continuation.seed
+        );
+    }
+    Ok(())
+}
+
+/// `out.mid` → `out-3.mid`.
+fn numbered(path: &Path, n: usize) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "out".into(), |s| s.to_string_lossy().into_owned());
+    let ext = path
+        .extension()
+        .map_or_else(|| "mid".into(), |e| e.to_string_lossy().into_owned());
+    path.with_file_name(format!("{stem}-{n}.{ext}"))
+}
+
+/// Writes the prime and the continuation as two tracks on the input's timeline, at its
+/// resolution, tempo and meter.
+fn write_result(
+    path: &Path,
+    score: &Score,
+    prime: &Prime,
+    continuation: &Continuation,
+    grid_tpq: u16,
+    only_continuation: bool,
+) -> Result<()> {
+    let tpq = u64::from(score.ticks_per_quarter);
+    let to_file =
+        |grid: Ticks| Ticks((grid.0 * tpq + u64::from(grid_tpq) / 2) / u64::from(grid_tpq));
+    let start = prime.start();
+    let continued: Vec<Note> = continuation
+        .notes
+        .iter()
+        .map(|n| {
+            let onset = to_file(start + n.start);
+            let end = to_file(start + n.start + n.duration);
+            Note {
+                start: onset,
+                duration: Ticks((end - onset).0.max(1)),
+                ..*n
+            }
+        })
+        .collect();
+    let cut = to_file(start);
+    let primed: Vec<Note> = score
+        .notes
+        .iter()
+        .filter(|n| n.start < cut)
+        .copied()
+        .collect();
+    let mut tracks = Vec::new();
+    if !only_continuation {
+        tracks.push(NoteTrack {
+            name: "prime",
+            notes: &primed,
+        });
+    }
+    tracks.push(NoteTrack {
+        name: "continuation",
+        notes: &continued,
+    });
+    let bytes = score
+        .to_bytes_with_tracks(&tracks)
+        .map_err(|kind| anyhow::anyhow!("{}: {kind}", path.display()))?;
+    engine::midi::write_atomically(path, &bytes)
+        .with_context(|| format!("{}: cannot write", path.display()))
+}
