@@ -26,10 +26,10 @@ pub struct Args {
     #[arg(long)]
     prime_bars: Option<u32>,
     /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     temperature: f32,
     /// Nucleus sampling mass, in (0, 1].
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
     top_p: f32,
     /// Random seed; variation i uses seed + i - 1.
     #[arg(long, default_value_t = 0)]

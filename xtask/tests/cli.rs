@@ -1,0 +1,288 @@
+//! The command line as a user meets it: outputs on disk, and one clear error line with a
+//! non-zero exit status for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use engine::midi::Score;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn xtask(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("the xtask binary runs")
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("continuator-cli-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The random tiny x-transformers fixture: real files, but a 64-token context.
+fn tiny_model() -> String {
+    root()
+        .join("engine/tests/data/models/tiny_xt")
+        .display()
+        .to_string()
+}
+
+fn example() -> String {
+    root()
+        .join("assets/examples/pop_4_4.mid")
+        .display()
+        .to_string()
+}
+
+/// Exit status non-zero, stderr exactly one line that starts with `error:` and contains `needle`.
+fn assert_clean_failure(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "succeeded: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "not one line: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(stderr.contains(needle), "`{needle}` not in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn tokenize_prints_miditok_ids_as_one_json_line() {
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            root().join("engine/tests/data/tokenizer/golden/fixtures__chords_triplets.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let midi = root().join("engine/tests/data/tokenizer/midi/chords_triplets.mid");
+    let out = xtask(&["tokenize", midi.to_str().unwrap(), "--ids"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1);
+    let ids: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(ids, golden["ids"]);
+    let out = xtask(&["tokenize", midi.to_str().unwrap()]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().next(), Some("Bar_None"));
+    assert_eq!(
+        stdout.lines().count(),
+        golden["ids"].as_array().unwrap().len()
+    );
+}
+
+#[test]
+fn continue_writes_prime_and_continuation_tracks() {
+    let dir = temp_dir("continue");
+    let out_path = dir.join("out.mid");
+    let out = xtask(&[
+        "continue",
+        &example(),
+        "-o",
+        out_path.to_str().unwrap(),
+        "--model",
+        &tiny_model(),
+        "--bars",
+        "2",
+        "--prime-bars",
+        "1",
+        "--seed",
+        "3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tokens/s") && stderr.contains("real-time factor"),
+        "{stderr}"
+    );
+    let bytes = std::fs::read(&out_path).unwrap();
+    let smf = midly::Smf::parse(&bytes).unwrap();
+    // Conductor + prime + continuation.
+    assert_eq!(smf.tracks.len(), 3);
+    let written = Score::read_file(&out_path).unwrap();
+    let input = Score::read_file(example()).unwrap();
+    assert_eq!(written.ticks_per_quarter, input.ticks_per_quarter);
+    // The prime's first bar is there unchanged; nothing of the continuation starts before bar 2.
+    let bar = 4 * u64::from(input.ticks_per_quarter);
+    let prime_notes: Vec<_> = input.notes.iter().filter(|n| n.start.0 < bar).collect();
+    let written_first_bar: Vec<_> = written.notes.iter().filter(|n| n.start.0 < bar).collect();
+    assert_eq!(prime_notes, written_first_bar);
+    assert!(written.notes.iter().all(|n| n.start.0 < 3 * bar));
+
+    // --only-continuation: conductor + continuation.
+    let only = dir.join("only.mid");
+    let out = xtask(&[
+        "continue",
+        &example(),
+        "-o",
+        only.to_str().unwrap(),
+        "--model",
+        &tiny_model(),
+        "--bars",
+        "2",
+        "--prime-bars",
+        "1",
+        "--only-continuation",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(
+        midly::Smf::parse(&std::fs::read(&only).unwrap())
+            .unwrap()
+            .tracks
+            .len(),
+        2
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn variations_write_numbered_files() {
+    let dir = temp_dir("variations");
+    let out_path = dir.join("take.mid");
+    let out = xtask(&[
+        "continue",
+        &example(),
+        "-o",
+        out_path.to_str().unwrap(),
+        "--model",
+        &tiny_model(),
+        "--bars",
+        "1",
+        "--variations",
+        "3",
+        "--temperature",
+        "1.5",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for i in 1..=3 {
+        assert!(
+            dir.join(format!("take-{i}.mid")).exists(),
+            "take-{i}.mid missing"
+        );
+    }
+    assert!(!out_path.exists());
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn bad_input_gets_one_clear_error_line() {
+    let dir = temp_dir("bad");
+    let out = dir.join("out.mid");
+    let out = out.to_str().unwrap();
+    let model = tiny_model();
+    let not_midi = dir.join("notes.txt.mid");
+    std::fs::write(&not_midi, "not a midi file").unwrap();
+    let empty = root().join("engine/tests/data/tokenizer/midi/empty.mid");
+    let example = example();
+    let example = example.as_str();
+
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "continue",
+                not_midi.to_str().unwrap(),
+                "-o",
+                out,
+                "--model",
+                &model,
+            ],
+            "notes.txt.mid",
+        ),
+        (
+            vec![
+                "continue",
+                empty.to_str().unwrap(),
+                "-o",
+                out,
+                "--model",
+                &model,
+            ],
+            "no notes",
+        ),
+        (
+            vec![
+                "continue",
+                example,
+                "-o",
+                out,
+                "--model",
+                &model,
+                "--temperature",
+                "-1",
+            ],
+            "temperature",
+        ),
+        (
+            vec![
+                "continue", example, "-o", out, "--model", &model, "--top-p", "0",
+            ],
+            "top-p",
+        ),
+        (
+            vec![
+                "continue", example, "-o", out, "--model", &model, "--top-p", "1.01",
+            ],
+            "top-p",
+        ),
+        (
+            vec![
+                "continue", example, "-o", out, "--model", &model, "--bars", "0",
+            ],
+            "bars",
+        ),
+        (
+            vec![
+                "continue",
+                example,
+                "-o",
+                out,
+                "--model",
+                dir.to_str().unwrap(),
+            ],
+            "no model",
+        ),
+    ];
+    for (args, needle) in cases {
+        assert_clean_failure(&xtask(&args), needle);
+    }
+
+    // A model whose tokenizer does not match its config.
+    let broken = dir.join("mismatch");
+    std::fs::create_dir_all(&broken).unwrap();
+    let tiny = Path::new(&model);
+    for f in ["decoder.safetensors", "tokenizer.json"] {
+        std::fs::copy(tiny.join(f), broken.join(f)).unwrap();
+    }
+    let config = std::fs::read_to_string(tiny.join("config.json"))
+        .unwrap()
+        .replace("373", "400");
+    std::fs::write(broken.join("config.json"), config).unwrap();
+    assert_clean_failure(
+        &xtask(&[
+            "continue",
+            example,
+            "-o",
+            out,
+            "--model",
+            broken.to_str().unwrap(),
+        ]),
+        "tokenizer",
+    );
+    assert!(!Path::new(out).exists(), "a failed run left an output file");
+    std::fs::remove_dir_all(dir).ok();
+}
