@@ -4,8 +4,10 @@
 //! sampling under the token [`grammar`] → ids → notes → MIDI file. Each concept lives in the
 //! module named for it.
 
+pub mod baselines;
 pub mod generation;
 pub mod grammar;
+pub mod metrics;
 pub mod midi;
 pub mod models;
 pub mod sampling;
