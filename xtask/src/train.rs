@@ -508,7 +508,7 @@ fn model_card(
          | batch | {} × {} tokens{} |\n\
          | optimiser | AdamW (β {}, {}; weight decay {} on matrices), peak lr {}, {} warm-up steps, cosine to {} × peak, clip {} |\n\
          | augmentation | {} |\n\
-         | hardware | {}, CPU only, f32 (thread count in the command below); {:.1} h of training so far |\n\n\
+         | hardware | {} ({} logical cores), CPU only, f32 (thread count in the command below); {:.1} h of training so far |\n\n\
          ## Validation (nats/token, held-out files: ~{:.0} % of files, split by file)\n\n\
          | model | loss |\n|---|---|\n\
          | this decoder | {val_line} |\n\
@@ -553,6 +553,7 @@ fn model_card(
             "none"
         },
         cpu_name(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
         state.train_seconds / 3600.0,
         100.0 * cfg.val_fraction,
         fmt(bigram),
