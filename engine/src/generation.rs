@@ -381,11 +381,51 @@ impl<'m> Generator<'m> {
         )
     }
 
+    /// An empty [`Prefix`] for incremental prefill.
+    pub fn prefix(&self) -> Prefix {
+        Prefix {
+            ids: Vec::new(),
+            cache: self.model.new_cache(self.context()),
+            last_logits: None,
+        }
+    }
+
+    /// Feeds more tokens into a prefix's cache (e.g. each bar as the musician finishes it), so
+    /// that a continuation asked for later only processes what came after.
+    pub fn extend_prefix(
+        &self,
+        prefix: &mut Prefix,
+        ids: &[TokenId],
+    ) -> Result<(), GenerationError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let device = self.model.decoder.device();
+        let input = Tensor::from_slice(ids, (1, ids.len()), device)?;
+        let logits = self.model.step(&input, &mut prefix.cache)?;
+        prefix.last_logits = Some(logits.narrow(1, ids.len() - 1, 1)?);
+        prefix.ids.extend_from_slice(ids);
+        Ok(())
+    }
+
     /// Continues `prime`, calling `on_note` for each note the moment its duration is sampled.
     /// `on_note` returning `Break`, or `cancel` becoming true, stops generation with
     /// [`GenerationError::Cancelled`].
     pub fn generate(
         &self,
+        prime: &Prime,
+        settings: &Settings,
+        cancel: Option<&AtomicBool>,
+        on_note: impl FnMut(&StreamedNote) -> ControlFlow<()>,
+    ) -> Result<(Vec<Continuation>, GenerationStats), GenerationError> {
+        self.generate_from(None, prime, settings, cancel, on_note)
+    }
+
+    /// [`Generator::generate`], starting from a prefix already in the model's cache when the
+    /// prime's tokens begin with it (otherwise the prime is prefilled from scratch).
+    pub fn generate_from(
+        &self,
+        prefix: Option<&Prefix>,
         prime: &Prime,
         settings: &Settings,
         cancel: Option<&AtomicBool>,
@@ -400,10 +440,19 @@ impl<'m> Generator<'m> {
         let capacity =
             (prime.ids.len() + continuation_reserve(settings.bars, context)).min(context);
 
-        let mut cache = self.model.new_cache(capacity);
-        let input = Tensor::from_slice(&prime.ids, (1, prime.ids.len()), &device)?;
-        let logits = self.model.step(&input, &mut cache)?;
-        let last = logits.narrow(1, prime.ids.len() - 1, 1)?;
+        let reusable = prefix.filter(|p| !p.ids.is_empty() && prime.ids.starts_with(&p.ids));
+        let (mut cache, done, previous) = match reusable {
+            Some(p) => (p.cache.clone(), p.ids.len(), p.last_logits.clone()),
+            None => (self.model.new_cache(capacity), 0, None),
+        };
+        let rest = &prime.ids[done..];
+        let last = if rest.is_empty() {
+            previous.expect("a non-empty prefix has logits")
+        } else {
+            let input = Tensor::from_slice(rest, (1, rest.len()), &device)?;
+            let logits = self.model.step(&input, &mut cache)?;
+            logits.narrow(1, rest.len() - 1, 1)?
+        };
         let mut logits = if k > 1 { last.repeat((k, 1, 1))? } else { last };
         let mut cache: ModelCache = if k > 1 { cache.repeat_batch(k)? } else { cache };
         let mut stats = GenerationStats {
@@ -534,6 +583,21 @@ impl<'m> Generator<'m> {
             })
             .collect();
         Ok((continuations, stats))
+    }
+}
+
+/// Tokens already in a model cache, for incremental prefill (see [`Generator::extend_prefix`]).
+#[derive(Clone, Debug)]
+pub struct Prefix {
+    ids: Vec<TokenId>,
+    cache: ModelCache,
+    last_logits: Option<Tensor>,
+}
+
+impl Prefix {
+    /// The tokens fed so far.
+    pub fn ids(&self) -> &[TokenId] {
+        &self.ids
     }
 }
 

@@ -327,3 +327,68 @@ fn greedy_is_deterministic_whatever_the_seed() {
     };
     assert_eq!(run(1), run(2));
 }
+
+#[test]
+fn a_prefilled_prefix_gives_the_same_continuation_as_a_full_prefill() {
+    let model = tiny_model();
+    let generator = Generator::new(&model).unwrap();
+    let score = example("pop_4_4.mid");
+    let settings = Settings {
+        bars: 2,
+        temperature: 0.0,
+        seed: 5,
+        ..Settings::default()
+    };
+    let prime = generator.prime(&score, Some(3), &settings).unwrap();
+    let (full, _) = generator
+        .generate(&prime, &settings, None, |_| ControlFlow::Continue(()))
+        .unwrap();
+
+    // Feed the prime bar by bar, as the plugin does while the musician plays.
+    let ids = prime.ids();
+    let bar_starts: Vec<usize> = ids
+        .iter()
+        .enumerate()
+        .filter(|(_, &id)| id == model.tokenizer.bar_id())
+        .map(|(i, _)| i)
+        .collect();
+    let mut prefix = generator.prefix();
+    let mut fed = 0;
+    for &b in &bar_starts[1..] {
+        generator.extend_prefix(&mut prefix, &ids[fed..b]).unwrap();
+        fed = b;
+    }
+    assert!(fed > 0 && fed < ids.len());
+    let (incremental, stats) = generator
+        .generate_from(Some(&prefix), &prime, &settings, None, |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(incremental[0].ids, full[0].ids);
+    assert_eq!(incremental[0].notes, full[0].notes);
+    assert!(stats.tokens > 0);
+
+    // A prefix that is not a prefix of the prime is ignored, not misused.
+    let mut other = generator.prefix();
+    generator
+        .extend_prefix(
+            &mut other,
+            &[model.tokenizer.bos_id(), model.tokenizer.bar_id()],
+        )
+        .unwrap();
+    generator
+        .extend_prefix(
+            &mut other,
+            &[model
+                .tokenizer
+                .time_signature_id(engine::time::TimeSignature::new(3, 4).unwrap())
+                .unwrap()],
+        )
+        .unwrap();
+    let (again, _) = generator
+        .generate_from(Some(&other), &prime, &settings, None, |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(again[0].ids, full[0].ids);
+}
