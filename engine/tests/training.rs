@@ -248,3 +248,43 @@ fn an_exported_run_loads_as_a_model_directory() {
     }
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// Sets the stop flag (what Ctrl-C does) once a step is reported.
+struct StopAfter {
+    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    step: u64,
+}
+
+impl engine::training::Observer for StopAfter {
+    fn step(&mut self, r: &engine::training::StepReport) {
+        if r.step == self.step {
+            self.flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+#[test]
+fn a_stop_request_checkpoints_after_the_current_step() {
+    let root = temp("stop");
+    let data = midi_copy(&root);
+    let cfg = config(&data, 50);
+    let out = root.join("run");
+    let c = corpus(&data, &out.join("data")).unwrap();
+    let mut t = Trainer::new(cfg.clone(), &out, c, Device::Cpu, false).unwrap();
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let state = t
+        .run(
+            &RunOptions {
+                stop: Some(flag.clone()),
+                stop_at: None,
+            },
+            &mut StopAfter { flag, step: 4 },
+        )
+        .unwrap();
+    assert_eq!(state.step, 4);
+    let ck = engine::training::checkpoint::load(&out.join(CHECKPOINT_FILE), &Device::Cpu).unwrap();
+    assert_eq!(ck.state.step, 4);
+    assert_eq!(ck.params.len(), ck.adam_m.len());
+    assert_eq!(ck.params.len(), ck.adam_v.len());
+    std::fs::remove_dir_all(&root).ok();
+}
