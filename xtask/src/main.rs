@@ -10,10 +10,14 @@ mod bench;
 mod bench_generate;
 mod bench_train;
 mod continuation;
+mod eval;
 mod plot;
 mod score;
+mod systems;
 mod tokenize;
 mod train;
+mod visualize;
+mod windows;
 
 /// Training allocates and frees large tensors every step; glibc malloc returns the pages and the
 /// kernel zeroes them again. mimalloc reuses them (measured ~1.7x faster training on 2 cores).
@@ -46,6 +50,11 @@ enum Command {
     /// directory from a run.
     #[command(subcommand)]
     Train(train::Command),
+    /// Measure continuations against the truth: the model, the decoder alone, a Markov
+    /// continuator and "repeat the last bars" on the same seeded windows.
+    Eval(eval::Args),
+    /// Write a static site to see and hear continuations next to the truth.
+    Visualize(visualize::Args),
     /// Draw a run's loss curves to a PNG (RUN/loss.png).
     Plot(plot::Args),
     /// Build the plugin and bundle it into target/bundled (CLAP and VST3):
@@ -93,6 +102,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Score(args) => score::run(args),
         Command::Train(command) => train::run(command),
         Command::Plot(args) => plot::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Visualize(args) => visualize::run(args),
         Command::Bench(command) => bench::run(command),
         Command::Bundle { args } => nice_plug_xtask::main_with_args(
             "cargo xtask",
