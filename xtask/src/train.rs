@@ -117,8 +117,12 @@ fn preset(name: &str) -> (ModelConfig, usize, usize, f64) {
 
 fn device(name: &str) -> Result<Device> {
     Ok(match name {
-        "cuda" => Device::new_cuda(0).context("--device cuda (build xtask with --features cuda)")?,
-        "metal" => Device::new_metal(0).context("--device metal (build xtask with --features metal)")?,
+        "cuda" => {
+            Device::new_cuda(0).context("--device cuda (build xtask with --features cuda)")?
+        }
+        "metal" => {
+            Device::new_metal(0).context("--device metal (build xtask with --features metal)")?
+        }
         _ => Device::Cpu,
     })
 }
