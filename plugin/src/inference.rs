@@ -478,7 +478,11 @@ mod tests {
             inference.load(if with_model {
                 Box::new(move || Ok(Box::new(continuer) as Box<dyn Continuer>))
             } else {
-                crate::model::loader(None)
+                Box::new(|| {
+                    let dir = std::path::Path::new("/nonexistent/continuator-model");
+                    let continuer = crate::engine_continuer::EngineContinuer::load(dir, None)?;
+                    Ok(Box::new(continuer) as Box<dyn Continuer>)
+                })
             });
             Rig {
                 processor,
@@ -704,7 +708,11 @@ mod tests {
     fn without_a_model_nothing_is_generated_and_the_status_says_why() {
         let mut rig = Rig::new(120.0, TimeSignature::default(), Vec::new(), false);
         assert_eq!(rig.shared.model.state(), ModelState::Failed);
-        assert!(rig.shared.model.message().contains("generation API"));
+        assert!(rig
+            .shared
+            .model
+            .message()
+            .contains("no model at /nonexistent"));
         let played = four_bars(TimeSignature::default());
         rig.run_until(28.0, &played);
         assert!(rig.ons.is_empty());

@@ -13,6 +13,7 @@ use nice_plug::prelude::*;
 pub mod capture;
 pub mod continuer;
 pub mod editor;
+pub mod engine_continuer;
 pub mod inference;
 pub mod model;
 pub mod output;

@@ -1,8 +1,8 @@
 //! Loading the model the inference thread continues with.
 //!
-//! The engine's generation API (the generation issue) is being built; until it lands there is no
-//! model to load, and the plugin says so in its status rather than pretending: it keeps listening
-//! and passing MIDI through, and generates nothing.
+//! When there is no model to load (none trained and exported to `assets/model` yet, or a broken
+//! adapter file), the plugin says so in its status rather than pretending: it keeps listening and
+//! passing MIDI through, and generates nothing.
 
 use crate::inference::Loader;
 
@@ -10,10 +10,10 @@ use crate::inference::Loader;
 #[cfg(not(feature = "test-continuer"))]
 pub fn loader(adapter_path: Option<String>) -> Loader {
     Box::new(move || {
-        let source = adapter_path.as_deref().unwrap_or("the embedded model");
-        Err(crate::continuer::ContinueError::NoModel(format!(
-            "cannot load {source}: the engine's generation API is not wired into the plugin yet"
-        )))
+        let dir = crate::engine_continuer::default_model_dir();
+        let adapter = adapter_path.as_deref().map(std::path::Path::new);
+        let continuer = crate::engine_continuer::EngineContinuer::load(&dir, adapter)?;
+        Ok(Box::new(continuer) as Box<dyn crate::continuer::Continuer>)
     })
 }
 

@@ -1,0 +1,250 @@
+//! The product's [`Continuer`]: the engine's model, prime and streaming generation.
+//!
+//! The plugin's prime (notes on the 12-per-beat grid from its first bar line) becomes a one-meter
+//! [`Score`], the engine's [`Prime`] is cut at the requested start (empty bars in between are
+//! walked by the engine, so a pause before the answer is part of what the model hears), and each
+//! streamed note goes straight back out, with onsets moved from "after the continuation's start"
+//! to the plugin's grid.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use engine::generation::{GenerationError, Generator, Prime, Settings};
+use engine::midi::{Note, Score, TimeSignatureChange};
+use engine::models::{LoadOptions, Model, Precision};
+
+use crate::continuer::{ContinueError, ContinueRequest, Continuer, GridNote};
+use crate::time::{Ticks, TICKS_PER_BEAT};
+
+pub struct EngineContinuer {
+    model: Model,
+}
+
+/// Where the embedded default model lives: `CONTINUATOR_MODEL_DIR` if set, else the repository's
+/// `assets/model` (the plugin does not embed the weights in its binary yet).
+pub fn default_model_dir() -> PathBuf {
+    std::env::var_os("CONTINUATOR_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/model"))
+}
+
+impl EngineContinuer {
+    /// Loads the model (8-bit weights, the fast CPU path) and the user's adapter, if any.
+    pub fn load(dir: &Path, adapter: Option<&Path>) -> Result<EngineContinuer, ContinueError> {
+        if !dir.join("config.json").exists() {
+            return Err(ContinueError::NoModel(format!(
+                "no model at {}",
+                dir.display()
+            )));
+        }
+        let opts = LoadOptions {
+            precision: Precision::Q8,
+            adapter: adapter.is_none(),
+            ..LoadOptions::default()
+        };
+        let fail =
+            |e: &dyn std::fmt::Display| ContinueError::NoModel(format!("{}: {e}", dir.display()));
+        let mut model = Model::load(dir, &opts).map_err(|e| fail(&e))?;
+        if let Some(adapter) = adapter {
+            model.load_adapter(adapter, &opts).map_err(|e| fail(&e))?;
+        }
+        EngineContinuer::from_model(model).map_err(|e| fail(&e))
+    }
+
+    /// Wraps a loaded model; fails now, not at the first trigger, if its vocabulary breaks the
+    /// grammar.
+    pub fn from_model(model: Model) -> Result<EngineContinuer, GenerationError> {
+        Generator::new(&model)?;
+        Ok(EngineContinuer { model })
+    }
+}
+
+/// The prime as a score at the plugin's grid resolution (12 ticks per quarter note).
+fn score(request: &ContinueRequest) -> Result<Score, ContinueError> {
+    let sig = request.prime.time_signature;
+    let meter = engine::time::TimeSignature::new(sig.numerator(), sig.denominator())
+        .ok_or_else(|| ContinueError::Failed(format!("unsupported meter {sig:?}")))?;
+    let mut score = Score::new(TICKS_PER_BEAT as u16);
+    score.time_signatures = vec![TimeSignatureChange {
+        time: engine::time::Ticks(0),
+        signature: meter,
+    }];
+    score.notes = request
+        .prime
+        .notes
+        .iter()
+        .filter(|n| n.onset.0 >= 0)
+        .map(|n| Note {
+            start: engine::time::Ticks(n.onset.0 as u64),
+            duration: engine::time::Ticks(n.duration.0.max(1) as u64),
+            pitch: n.key.min(127),
+            velocity: n.velocity.clamp(1, 127),
+        })
+        .collect();
+    score
+        .notes
+        .sort_by_key(|n| (n.start, n.duration, n.pitch, n.velocity));
+    Ok(score)
+}
+
+impl Continuer for EngineContinuer {
+    fn continue_phrase(
+        &mut self,
+        request: &ContinueRequest,
+        emit: &mut dyn FnMut(GridNote) -> ControlFlow<()>,
+    ) -> Result<(), ContinueError> {
+        let generator =
+            Generator::new(&self.model).map_err(|e| ContinueError::Failed(e.to_string()))?;
+        let bar_ticks = request.prime.time_signature.bar_ticks().0.max(1);
+        let settings = Settings {
+            bars: ((request.length.0 + bar_ticks - 1) / bar_ticks).max(1) as u32,
+            temperature: request.temperature,
+            top_p: request.top_p,
+            seed: request.seed,
+            variations: 1,
+        };
+        let tok = generator.tokenizer();
+        let ids = tok.encode(&score(request)?);
+        let tpq = f64::from(tok.ticks_per_quarter());
+        let end = engine::time::Ticks((request.start.to_beats().0 * tpq).round().max(0.0) as u64);
+        let prime = Prime::from_ids(
+            tok,
+            generator.grammar(),
+            &ids,
+            Some(end),
+            &settings,
+            generator.context(),
+        )
+        .map_err(|e| ContinueError::Failed(e.to_string()))?;
+        // Where the engine starts may differ from the request by grid rounding: its start rules.
+        let start = Ticks((prime.start_quarters().0 * f64::from(TICKS_PER_BEAT)).round() as i64);
+        let result = generator.generate(&prime, &settings, None, |note| {
+            emit(GridNote {
+                onset: Ticks(start.0 + (note.onset.0 * f64::from(TICKS_PER_BEAT)).round() as i64),
+                duration: Ticks(
+                    ((note.duration.0 * f64::from(TICKS_PER_BEAT)).round() as i64).max(1),
+                ),
+                key: note.pitch,
+                velocity: note.velocity,
+            })
+        });
+        match result {
+            Ok(_) | Err(GenerationError::Cancelled) => Ok(()),
+            Err(GenerationError::EmptyPrime) => {
+                Err(ContinueError::Failed("nothing played to continue".into()))
+            }
+            Err(e) => Err(ContinueError::Failed(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use candle_core::{DType, Device};
+    use candle_nn::{VarBuilder, VarMap};
+    use engine::models::{Decoder, ModelConfig};
+    use engine::tokenizer::Tokenizer;
+
+    use super::*;
+    use crate::continuer::Prime as GridPrime;
+    use crate::time::TimeSignature;
+
+    fn tiny_model() -> Model {
+        let mut config = ModelConfig::tiny();
+        config.max_seq_len = 1024;
+        config.adapter = None;
+        config.discriminator = None;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let decoder = Decoder::new(config.num_tokens, &config.decoder, vb).unwrap();
+        Model {
+            dir: PathBuf::from("<memory>"),
+            config,
+            tokenizer: Tokenizer::reference(),
+            decoder,
+            adapter: None,
+            discriminator: None,
+        }
+    }
+
+    /// Four bars of quarter notes, continued after one empty bar for two bars.
+    fn request(sig: TimeSignature) -> ContinueRequest {
+        let bar = sig.bar_ticks().0;
+        let notes = (0..4 * bar / 12)
+            .map(|b| GridNote {
+                onset: Ticks(b * 12),
+                duration: Ticks(6),
+                key: 60 + (b % 7) as u8,
+                velocity: 80,
+            })
+            .collect();
+        ContinueRequest {
+            prime: GridPrime {
+                time_signature: sig,
+                bars: 4,
+                notes,
+            },
+            start: Ticks(5 * bar),
+            length: Ticks(2 * bar),
+            temperature: 1.0,
+            top_p: 0.95,
+            seed: 7,
+        }
+    }
+
+    fn continue_with(continuer: &mut EngineContinuer, request: &ContinueRequest) -> Vec<GridNote> {
+        let mut notes = Vec::new();
+        continuer
+            .continue_phrase(request, &mut |note| {
+                notes.push(note);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        notes
+    }
+
+    #[test]
+    fn streams_notes_inside_the_requested_span() {
+        for sig in [
+            TimeSignature::new(4, 4).unwrap(),
+            TimeSignature::new(3, 4).unwrap(),
+        ] {
+            let request = request(sig);
+            let mut continuer = EngineContinuer::from_model(tiny_model()).unwrap();
+            let notes = continue_with(&mut continuer, &request);
+            assert!(
+                !notes.is_empty(),
+                "a random model still plays something in {sig:?}"
+            );
+            let end = request.start.0 + request.length.0;
+            for note in &notes {
+                assert!(
+                    note.onset >= request.start && note.onset.0 < end,
+                    "{note:?} outside {sig:?} span"
+                );
+                assert!(note.duration.0 >= 1 && note.velocity >= 1);
+            }
+            assert!(
+                notes.windows(2).all(|w| w[0].onset <= w[1].onset),
+                "streamed in onset order"
+            );
+        }
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_take_and_break_stops() {
+        let request = request(TimeSignature::default());
+        let mut continuer = EngineContinuer::from_model(tiny_model()).unwrap();
+        let first = continue_with(&mut continuer, &request);
+        assert_eq!(first, continue_with(&mut continuer, &request));
+        let mut count = 0;
+        let result = continuer.continue_phrase(&request, &mut |_| {
+            count += 1;
+            ControlFlow::Break(())
+        });
+        assert_eq!(result, Ok(()));
+        assert!(count <= 1);
+    }
+}
