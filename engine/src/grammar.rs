@@ -320,8 +320,18 @@ impl Grammar {
     }
 
     /// Moves the state past one token, or says why the token is not allowed there.
+    ///
+    /// One tolerance beyond [`Grammar::allowed`]: after a note, the *same* `Position` again is
+    /// accepted. MidiTok emits it when a file's onsets are finer than the grid in a meter whose
+    /// grid it does not snap to (a dropped `/8` signature leaves */4 onsets unsnapped, so two
+    /// onsets one tick apart share a position), and a prime read from such a file must still be
+    /// usable. Generation never proposes it: it is redundant, not wrong.
     pub fn advance(&self, state: &mut GrammarState, id: TokenId) -> Result<(), GrammarError> {
-        if !self.allowed(state).contains(id) {
+        let repeated_position = state.phase == Phase::AfterDuration
+            && state
+                .position
+                .is_some_and(|p| id == self.positions.start + TokenId::from(p));
+        if !repeated_position && !self.allowed(state).contains(id) {
             return Err(GrammarError::NotAllowed {
                 id,
                 token: self

@@ -39,6 +39,58 @@ fn every_golden_sequence_is_accepted_token_by_token() {
     assert!(checked >= 10);
 }
 
+/// The position a MidiTok encoding can repeat (found by the fuzzer): a 6/8 that moves to the
+/// next bar line and disappears still doubles the resolution, so 4/4 onsets one tick apart share
+/// `Position_0`. MidiTok 3.1.0 gives the same tokens; the grammar must accept them.
+#[test]
+fn a_repeated_position_from_miditok_is_accepted() {
+    let bytes = [
+        0x4d, 0x54, 0x68, 0x64, 0x00, 0x00, 0x00, 0x06, 0x00, 0x00, 0x00, 0x01, 0x00, 0x30, 0x4d,
+        0x54, 0x72, 0x6b, 0x00, 0x00, 0x00, 0x2c, 0x00, 0xff, 0x58, 0x04, 0x04, 0x02, 0x18, 0x08,
+        0x00, 0x90, 0x3c, 0x40, 0x01, 0x90, 0x3e, 0x40, 0x01, 0xff, 0x58, 0x04, 0x06, 0x03, 0x18,
+        0x08, 0x02, 0xff, 0x58, 0x04, 0x04, 0x02, 0x18, 0x08, 0x30, 0x80, 0x3c, 0x00, 0x00, 0x80,
+        0x3e, 0x00, 0x00, 0xff, 0x2f, 0x00,
+    ];
+    let tok = Tokenizer::reference();
+    let grammar = Grammar::new(&tok).unwrap();
+    let ids = tok.encode(&Score::from_bytes(&bytes).unwrap());
+    let strings = tok.token_strings(&ids);
+    assert_eq!(strings[2], "Position_0");
+    assert_eq!(strings[6], "Position_0", "{strings:?}");
+    grammar.state_after(&ids).unwrap();
+    // Generation is still strict: after a note, its own position is not proposed again.
+    let state = grammar.state_after(&ids[..6]).unwrap();
+    assert!(!grammar.allowed(&state).contains(ids[6]));
+}
+
+#[test]
+fn every_corpus_file_is_accepted() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus");
+    if !corpus.is_dir() {
+        eprintln!("skipped: {} is absent", corpus.display());
+        return;
+    }
+    let tok = Tokenizer::reference();
+    let grammar = Grammar::new(&tok).unwrap();
+    let mut stack = vec![corpus];
+    let mut files = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "mid") {
+                let ids = tok.encode(&Score::read_file(&path).unwrap());
+                grammar
+                    .state_after(&ids)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                files += 1;
+            }
+        }
+    }
+    assert!(files > 1000, "{files} files");
+}
+
 #[test]
 fn random_walks_always_decode_to_valid_midi() {
     let tok = Tokenizer::reference();

@@ -148,7 +148,8 @@ fn write_then_read_gives_the_same_score() {
 fn bad_files_get_typed_errors_naming_the_file() {
     let dir = temp_dir("bad");
     let good = std::fs::read(fixture("scale_4_4.mid")).unwrap();
-    let cases: Vec<(&str, Vec<u8>, fn(&MidiErrorKind) -> bool)> = vec![
+    type Expect = fn(&MidiErrorKind) -> bool;
+    let cases: Vec<(&str, Vec<u8>, Expect)> = vec![
         ("empty.mid", vec![], |k| matches!(k, MidiErrorKind::Empty)),
         ("text.mid", b"hello, this is not music".to_vec(), |k| {
             matches!(k, MidiErrorKind::NotMidi)

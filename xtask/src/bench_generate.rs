@@ -89,7 +89,7 @@ pub fn run(args: Args) -> Result<()> {
                 .0;
             results.push((stats, quarters * 60.0 / bpm));
         }
-        results.sort_by(|a, b| a.0.total.cmp(&b.0.total));
+        results.sort_by_key(|r| r.0.total);
         let (stats, playing) = results[results.len() / 2].clone();
         let total = stats.total.as_secs_f64();
         let step_seconds = (total - stats.prefill.as_secs_f64()).max(1e-9);
