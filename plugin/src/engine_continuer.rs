@@ -139,19 +139,16 @@ impl Continuer for EngineContinuer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use std::path::PathBuf;
 
     use candle_core::{DType, Device};
     use candle_nn::{VarBuilder, VarMap};
-    use engine::models::{Decoder, ModelConfig};
+    use engine::models::{Decoder, Model, ModelConfig};
     use engine::tokenizer::Tokenizer;
 
-    use super::*;
-    use crate::continuer::Prime as GridPrime;
-    use crate::time::TimeSignature;
-
-    fn tiny_model() -> Model {
+    /// A random-weight tiny model with the reference tokenizer.
+    pub(crate) fn tiny_model() -> Model {
         let mut config = ModelConfig::tiny();
         config.max_seq_len = 1024;
         config.adapter = None;
@@ -168,6 +165,14 @@ mod tests {
             discriminator: None,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::tiny_model;
+    use super::*;
+    use crate::continuer::Prime as GridPrime;
+    use crate::time::TimeSignature;
 
     /// Four bars of quarter notes, continued after one empty bar for two bars.
     fn request(sig: TimeSignature) -> ContinueRequest {

@@ -458,6 +458,26 @@ mod tests {
 
     impl Rig {
         fn new(bpm: f64, sig: TimeSignature, early: Vec<i64>, with_model: bool) -> Rig {
+            let requests = Arc::new(Mutex::new(Vec::new()));
+            let continuer = Scripted {
+                requests: requests.clone(),
+                early,
+            };
+            let loader: Loader = if with_model {
+                Box::new(move || Ok(Box::new(continuer) as Box<dyn Continuer>))
+            } else {
+                Box::new(|| {
+                    let dir = std::path::Path::new("/nonexistent/continuator-model");
+                    let continuer = crate::engine_continuer::EngineContinuer::load(dir, None)?;
+                    Ok(Box::new(continuer) as Box<dyn Continuer>)
+                })
+            };
+            let mut rig = Rig::with_loader(bpm, sig, loader);
+            rig.requests = requests;
+            rig
+        }
+
+        fn with_loader(bpm: f64, sig: TimeSignature, loader: Loader) -> Rig {
             let shared = Arc::new(Shared::default());
             let (tx, rx) = playback_channel();
             let (processor, captured) = Processor::new(rx, shared.clone());
@@ -471,19 +491,7 @@ mod tests {
                 Arc::new(RwLock::new(Vec::new())),
             );
             let requests = Arc::new(Mutex::new(Vec::new()));
-            let continuer = Scripted {
-                requests: requests.clone(),
-                early,
-            };
-            inference.load(if with_model {
-                Box::new(move || Ok(Box::new(continuer) as Box<dyn Continuer>))
-            } else {
-                Box::new(|| {
-                    let dir = std::path::Path::new("/nonexistent/continuator-model");
-                    let continuer = crate::engine_continuer::EngineContinuer::load(dir, None)?;
-                    Ok(Box::new(continuer) as Box<dyn Continuer>)
-                })
-            });
+            inference.load(loader);
             Rig {
                 processor,
                 inference,
@@ -716,5 +724,43 @@ mod tests {
         let played = four_bars(TimeSignature::default());
         rig.run_until(28.0, &played);
         assert!(rig.ons.is_empty());
+    }
+
+    #[test]
+    fn the_engine_answers_on_the_grid_after_the_bar_line() {
+        for (bpm, sig) in [
+            (120.0, TimeSignature::new(4, 4).unwrap()),
+            (90.0, TimeSignature::new(3, 4).unwrap()),
+        ] {
+            let loader: Loader = Box::new(|| {
+                let model = crate::engine_continuer::testing::tiny_model();
+                let continuer = crate::engine_continuer::EngineContinuer::from_model(model)
+                    .map_err(|e| ContinueError::NoModel(e.to_string()))?;
+                Ok(Box::new(continuer) as Box<dyn Continuer>)
+            });
+            let mut rig = Rig::with_loader(bpm, sig, loader);
+            assert_eq!(rig.shared.model.state(), ModelState::Ready);
+            let played = four_bars(sig);
+            let bar = sig.bar_length().0;
+            rig.run_until(10.0 * bar, &played);
+            let spb = rig.samples_per_beat();
+            let start = (5.0 * bar * spb).round() as u64;
+            let end = (9.0 * bar * spb).round() as u64;
+            assert!(!rig.ons.is_empty(), "the model played in {sig:?}");
+            for &on in &rig.ons {
+                assert!(
+                    (start..end).contains(&on),
+                    "onset at {on} outside bars 6-9 in {sig:?}"
+                );
+                let ticks = (on - start) as f64 / spb * 12.0;
+                assert!(
+                    (ticks - ticks.round()).abs() * spb / 12.0 <= 1.0,
+                    "onset at {on} off the grid"
+                );
+            }
+            rig.playing = false;
+            rig.block(&[]);
+            assert_eq!(rig.ons.len(), rig.offs, "balance after stop in {sig:?}");
+        }
     }
 }
