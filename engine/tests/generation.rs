@@ -392,3 +392,57 @@ fn a_prefilled_prefix_gives_the_same_continuation_as_a_full_prefill() {
         .unwrap();
     assert_eq!(again[0].ids, full[0].ids);
 }
+
+#[test]
+fn a_prime_longer_than_the_context_keeps_its_last_whole_bars() {
+    let model = tiny_model();
+    let generator = Generator::new(&model).unwrap();
+    let tok = &model.tokenizer;
+    // Forty bars: the example repeated ten times.
+    let one = example("pop_4_4.mid");
+    let bar4 = 16 * u64::from(one.ticks_per_quarter);
+    let mut long = one.clone();
+    long.notes = (0..10u64)
+        .flat_map(|i| {
+            one.notes.iter().map(move |n| engine::midi::Note {
+                start: Ticks(n.start.0 + i * bar4),
+                ..*n
+            })
+        })
+        .collect();
+    long.notes
+        .sort_by_key(|n| (n.start, n.duration, n.pitch, n.velocity));
+    let full_ids = tok.encode(&long);
+    assert!(
+        full_ids.len() > 1024,
+        "the test prime must not fit ({} tokens)",
+        full_ids.len()
+    );
+
+    let settings = Settings {
+        bars: 2,
+        temperature: 1.0,
+        seed: 1,
+        ..Settings::default()
+    };
+    let prime = generator.prime(&long, None, &settings).unwrap();
+    // Room is left for the continuation, the kept part starts on a bar line, and the start is
+    // still the end of the whole prime (bar 40, in 24-per-quarter ticks).
+    assert!(
+        prime.ids().len() + 200 <= 1024,
+        "{} prime tokens",
+        prime.ids().len()
+    );
+    assert_eq!(prime.ids()[0], tok.bos_id());
+    assert_eq!(prime.ids()[1], tok.bar_id());
+    let kept = &prime.ids()[1..];
+    assert!(
+        full_ids.ends_with(&kept[..kept.len() - 2]),
+        "not a suffix of whole bars"
+    );
+    assert_eq!(prime.start(), Ticks(40 * 4 * 24));
+    let (c, _) = generator
+        .generate(&prime, &settings, None, |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!(c[0].length, Ticks(2 * 4 * 24));
+}
