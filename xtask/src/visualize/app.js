@@ -85,14 +85,17 @@
   document.getElementById("meta").textContent =
     `${piece.file} · from bar ${piece.first_bar} · ${piece.meter} at ${Math.round(piece.bpm)} BPM · ` +
     `${piece.prime_bars} bars of prime, ${piece.bars} bars continued`;
-  const fmt = (v) => (v === null || v === undefined ? "–" : typeof v === "boolean" ? (v ? "yes" : "no") : Number.isInteger(v) ? String(v) : v.toFixed(3));
+  const fmt = (v, key) =>
+    v === null || v === undefined ? "–"
+      : typeof v === "boolean" ? (v ? "yes" : "no")
+        : key === "notes" ? String(v) : v.toFixed(3);
   const cols = [["notes", "notes"], ["pitch_class_overlap", "pc overlap"], ["density_ratio", "density"],
     ["groove_similarity", "groove"], ["pitch_range_overlap", "range"], ["key_consistency", "key"],
     ["distinct_4gram_ratio", "distinct 4-grams"], ["copied_bar_share", "copied bars"], ["grammar_valid", "grammar"]];
   const table = document.getElementById("measures");
   let html = "<thead><tr><th>system</th>" + cols.map(([, h]) => `<th>${h}</th>`).join("") + "</tr></thead><tbody>";
   const rows = [["truth", piece.truth_measures]].concat(Object.entries(piece.systems).map(([n, s]) => [n, s.measures]));
-  for (const [name, m] of rows) html += `<tr><td>${name}</td>` + cols.map(([k]) => `<td>${fmt(m[k])}</td>`).join("") + "</tr>";
+  for (const [name, m] of rows) html += `<tr><td>${name}</td>` + cols.map(([k]) => `<td>${fmt(m[k], k)}</td>`).join("") + "</tr>";
   table.innerHTML = html + "</tbody>";
   if (piece.truth_nll !== null) {
     table.insertAdjacentHTML("afterend", `<p class="meta">NLL of the true continuation under the model: ${piece.truth_nll.toFixed(3)} nats/token</p>`);
