@@ -442,13 +442,14 @@ const COLUMNS: [Column; 10] = [
     ("s/case", |s| Some(s.seconds_per_case), Goal::Low),
 ];
 
-/// For each column, the system closest to the truth (None when no system has a value).
-fn best<'a>(truth: &Summary, systems: &[(&'a str, Summary)]) -> Vec<Option<&'a str>> {
+/// For each column, the systems closest to the truth: one name, several when they tie (equal
+/// to 1e-9), none when no system has a value.
+fn best<'a>(truth: &Summary, systems: &[(&'a str, Summary)]) -> Vec<Vec<&'a str>> {
     COLUMNS
         .iter()
         .map(|(_, get, goal)| {
             let target = get(truth);
-            systems
+            let losses: Vec<(&str, f64)> = systems
                 .iter()
                 .filter_map(|(name, s)| {
                     let v = get(s)?;
@@ -460,8 +461,13 @@ fn best<'a>(truth: &Summary, systems: &[(&'a str, Summary)]) -> Vec<Option<&'a s
                     };
                     Some((*name, loss))
                 })
-                .min_by(|a, b| a.1.total_cmp(&b.1))
-                .map(|(n, _)| n)
+                .collect();
+            let min = losses.iter().map(|l| l.1).fold(f64::INFINITY, f64::min);
+            losses
+                .iter()
+                .filter(|l| l.1 <= min + 1e-9)
+                .map(|l| l.0)
+                .collect()
         })
         .collect()
 }
@@ -492,21 +498,28 @@ fn table(truth: &Summary, systems: &[(&str, Summary)]) -> String {
     }
     out += &format!("{:<10}", "closest");
     for b in best(truth, systems) {
-        out += &format!("{:>9}", b.unwrap_or("-"));
+        let cell = match b.len() {
+            0 => "-",
+            1 => b[0],
+            _ => "tie",
+        };
+        out += &format!("{cell:>9}");
     }
     out.push('\n');
     out
 }
 
-/// One line: the measures on which the model is closest to the truth of all systems, and those
-/// on which a baseline beats it.
+/// One line: the measures on which the model alone is closest to the truth, those on which it
+/// ties, and those on which another system beats it.
 fn verdict(truth: &Summary, systems: &[(&str, Summary)]) -> String {
-    let (mut wins, mut losses) = (Vec::new(), Vec::new());
+    let (mut wins, mut ties, mut losses) = (Vec::new(), Vec::new(), Vec::new());
     for ((h, _, _), b) in COLUMNS.iter().zip(best(truth, systems)) {
-        match b {
-            Some("model") => wins.push(*h),
-            Some(other) => losses.push(format!("{h} ({other})")),
-            None => {}
+        if b == ["model"] {
+            wins.push(h.to_string());
+        } else if b.contains(&"model") {
+            ties.push(format!("{h} ({})", b.join(" = ")));
+        } else if !b.is_empty() {
+            losses.push(format!("{h} ({})", b.join(" = ")));
         }
     }
     let list = |v: &[String]| {
@@ -517,8 +530,9 @@ fn verdict(truth: &Summary, systems: &[(&str, Summary)]) -> String {
         }
     };
     format!(
-        "model closest to the truth on: {}; beaten on: {}",
-        list(&wins.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+        "model closest to the truth on: {}; tied on: {}; beaten on: {}",
+        list(&wins),
+        list(&ties),
         list(&losses)
     )
 }
