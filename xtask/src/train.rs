@@ -370,7 +370,8 @@ fn export(args: ExportArgs) -> Result<()> {
     let dtype = if args.f16 { DType::F16 } else { DType::F32 };
     let ck = args.run.join(CHECKPOINT_FILE);
     let done = engine::training::export::export(&ck, &cfg.model, &args.out, dtype)?;
-    let card = model_card(&args, &cfg, &done)?;
+    let copied = copy_licences(&cfg.data, &args.out)?;
+    let card = model_card(&args, &cfg, &done, &copied)?;
     let card_path = args.out.join("MODEL_CARD.md");
     std::fs::write(&card_path, card)
         .with_context(|| format!("{}: cannot write", card_path.display()))?;
@@ -424,6 +425,7 @@ fn notices(data: &[PathBuf]) -> String {
                     "\n<!-- copied from {} -->\n\n",
                     candidate.display()
                 ));
+                let text = format!("\n{text}");
                 out.push_str(&text.replace("\n# ", "\n### ").replace("\n## ", "\n### "));
                 seen.push(path);
             }
@@ -436,10 +438,56 @@ fn notices(data: &[PathBuf]) -> String {
     out
 }
 
+/// Copies the per-folder licence files of the data (`LICENSE*`, `NOTICE*`, `manifest.csv`, which
+/// for Mutopia names each work's licence) to `out/licences/<folder>/`, so that attribution
+/// required by CC BY / CC BY-SA works ships with the weights. Returns the copies' paths
+/// relative to `out`.
+fn copy_licences(data: &[PathBuf], out: &Path) -> Result<Vec<String>> {
+    let mut copied = Vec::new();
+    for dir in data {
+        let Some(name) = dir
+            .canonicalize()
+            .ok()
+            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+        else {
+            continue;
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                let f = p
+                    .file_name()
+                    .map_or(String::new(), |f| f.to_string_lossy().to_lowercase());
+                p.is_file()
+                    && (f.starts_with("license")
+                        || f.starts_with("licence")
+                        || f.starts_with("notice")
+                        || f == "manifest.csv")
+            })
+            .collect();
+        files.sort();
+        for file in files {
+            let rel = PathBuf::from("licences")
+                .join(&name)
+                .join(file.file_name().expect("a file name"));
+            let dest = out.join(&rel);
+            std::fs::create_dir_all(dest.parent().expect("a parent"))?;
+            std::fs::copy(&file, &dest)
+                .with_context(|| format!("copying {} to {}", file.display(), dest.display()))?;
+            copied.push(rel.to_string_lossy().into_owned());
+        }
+    }
+    Ok(copied)
+}
+
 fn model_card(
     args: &ExportArgs,
     cfg: &TrainConfig,
     done: &engine::training::export::Exported,
+    copied: &[String],
 ) -> Result<String> {
     let ck = checkpoint::load(&args.run.join(CHECKPOINT_FILE), &Device::Cpu)?;
     let state = ck.state;
@@ -523,7 +571,7 @@ fn model_card(
          setup); the run is deterministic for a given seed and thread count.\n\n\
          ## Data and licences\n\n\
          Trained on every MIDI file under: {}. The weights are derived from these works; keep the\n\
-         attribution below with them.\n{}",
+         attribution below with them. Per-folder licence files are copied beside this card: {}.\n{}",
         cfg.model.num_tokens,
         d.depth,
         d.dim,
@@ -568,6 +616,15 @@ fn model_card(
             .map(|d| format!("`{}`", d.display()))
             .collect::<Vec<_>>()
             .join(", "),
+        if copied.is_empty() {
+            "none found".to_string()
+        } else {
+            copied
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
         notices(&cfg.data),
     ))
 }
