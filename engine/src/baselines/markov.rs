@@ -12,6 +12,8 @@
 //! reduced viewpoint, pitch classes instead of pitches, as Pachet's reduction functions do, and
 //! as a last resort any event is picked. Rhythm is copied with the pitches: each chosen event
 //! keeps the gap that preceded it in the prime, so the continuation stays on the prime's grid.
+//! The prime is learned as a loop (its last event is followed by its first), so that a walk
+//! reaching the prime's end has somewhere to go.
 
 use std::collections::HashMap;
 
@@ -101,6 +103,24 @@ impl MarkovContinuator {
                 .entry(events[next - 1].classes.clone())
                 .or_default()
                 .push(next);
+        }
+        // The prime's end leads back to its start, as its first event's gap already assumes:
+        // without this the last event has no follower, and a walk that reaches it can only
+        // fall back to whatever two events happen to share pitch classes, and ping-pong between
+        // them for the rest of the continuation.
+        let n = events.len();
+        if n > 0 {
+            for order in 1..=max_order.min(n) {
+                let context = events[n - order..]
+                    .iter()
+                    .map(|e| e.pitches.clone())
+                    .collect();
+                by_pitches.entry(context).or_default().push(0);
+            }
+            by_classes
+                .entry(events[n - 1].classes.clone())
+                .or_default()
+                .push(0);
         }
         MarkovContinuator {
             events,
@@ -249,17 +269,31 @@ mod tests {
     }
 
     #[test]
-    fn an_unseen_long_context_falls_back_to_shorter_orders() {
-        // A B C D A: the final A's longer contexts never occurred, but A alone was followed by B.
-        let prime: Vec<Note> = [57u8, 59, 60, 62, 57]
+    fn the_longest_seen_context_decides_and_unseen_ones_fall_back_to_shorter_orders() {
+        // C D E F D G. D alone is followed by E or by G, but C D only by E. After G the prime
+        // loops to C; G C and D G C never occurred, so C is continued at order 1 (by D), and
+        // C D at order 2 (by E, never G), whatever the seed.
+        let prime: Vec<Note> = [60u8, 62, 64, 65, 62, 67]
             .iter()
             .enumerate()
             .map(|(i, &p)| note(i as u64 * 24, 24, p))
             .collect();
-        let markov = MarkovContinuator::learn(&prime, Ticks(120), 4);
-        let out = markov.continue_from(Ticks(120), Ticks(96), 9);
-        let got: Vec<(u64, u8)> = out.iter().map(|n| (n.start.0, n.pitch)).collect();
-        assert_eq!(got, [(0, 59), (24, 60), (48, 62), (72, 57)]);
+        let markov = MarkovContinuator::learn(&prime, Ticks(144), 3);
+        for seed in 0..8 {
+            let out = markov.continue_from(Ticks(144), Ticks(144), seed);
+            let got: Vec<(u64, u8)> = out.iter().map(|n| (n.start.0, n.pitch)).collect();
+            assert_eq!(
+                got,
+                [(0, 60), (24, 62), (48, 64), (72, 65), (96, 62), (120, 67)],
+                "seed {seed}"
+            );
+        }
+        // At order 1 alone, D is followed by E or G depending on the seed.
+        let order1 = MarkovContinuator::learn(&prime, Ticks(144), 1);
+        let after_d: std::collections::HashSet<u8> = (0..16)
+            .map(|s| order1.continue_from(Ticks(144), Ticks(144), s)[2].pitch)
+            .collect();
+        assert_eq!(after_d, [64u8, 67].into_iter().collect());
     }
 
     #[test]
