@@ -55,6 +55,9 @@ pub struct Args {
     /// Nucleus sampling mass of the model, in (0, 1].
     #[arg(long, default_value_t = 0.95)]
     top_p: f32,
+    /// Longest context (in events) the Markov continuator matches.
+    #[arg(long, default_value_t = systems::MARKOV_ORDER)]
+    markov_order: usize,
     /// Write every case, every system's measures and the summary as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -311,7 +314,7 @@ pub fn run(args: Args) -> Result<()> {
                 truth_nll_of(|ids| model.score_decoder(ids), window)?,
             );
         }
-        let out = systems::markov(tok, &grammar, window, seed);
+        let out = systems::markov(tok, &grammar, window, args.markov_order, seed);
         systems.insert("markov", measure(window, &out, step));
         let out = systems::repeat(tok, &grammar, window);
         systems.insert("repeat", measure(window, &out, step));
@@ -376,6 +379,7 @@ pub fn run(args: Args) -> Result<()> {
             "seed": args.seed,
             "temperature": args.temperature,
             "top_p": args.top_p,
+            "markov_order": args.markov_order,
             "files": files.len(),
             "pieces": pieces.pieces.len(),
             "skipped": pieces.skipped.iter().map(|(f, why)| serde_json::json!({"file": f, "reason": why})).collect::<Vec<_>>(),

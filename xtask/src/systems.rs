@@ -15,10 +15,13 @@ use engine::tokenizer::Tokenizer;
 
 use crate::windows::{grid_score, shifted, Window};
 
-/// Longest context the Markov continuator matches, in events. Pachet's Continuator used
-/// variable orders with no fixed cap; 4 events (a beat or two of music) keeps it from merely
-/// replaying the prime whenever the prime never repeats itself.
-pub const MARKOV_ORDER: usize = 4;
+/// Longest context the Markov continuator matches by default, in events. Pachet's
+/// Continuator matches the longest context it has; learned from a few bars that rarely repeat a
+/// long context, that replays the prime almost verbatim. Measured on 8 POP909 windows of 4 + 4
+/// bars (seed 1): order 4 copies 94% of bars (as many as repeating them outright), order 3 78%,
+/// order 2 66%, order 1 none but with far fewer distinct 4-grams (0.71 against the truth's
+/// 0.99). Order 2 follows the prime's pitch pairs and branches wherever the prime reuses one.
+pub const MARKOV_ORDER: usize = 2;
 
 /// A system's continuation of one window.
 #[derive(Clone, Debug)]
@@ -56,10 +59,17 @@ pub fn model(generator: &Generator<'_>, window: &Window, settings: &Settings) ->
     })
 }
 
-/// Continues a window with a Markov continuator learned from its prime.
-pub fn markov(tok: &Tokenizer, grammar: &Grammar, window: &Window, seed: u64) -> Output {
+/// Continues a window with a Markov continuator of contexts up to `order` events, learned from
+/// its prime.
+pub fn markov(
+    tok: &Tokenizer,
+    grammar: &Grammar,
+    window: &Window,
+    order: usize,
+    seed: u64,
+) -> Output {
     let started = Instant::now();
-    let markov = MarkovContinuator::learn(&window.prime, window.start(), MARKOV_ORDER);
+    let markov = MarkovContinuator::learn(&window.prime, window.start(), order);
     let notes = markov.continue_from(window.start(), window.length(), seed);
     let seconds = started.elapsed().as_secs_f64();
     notes_output(tok, grammar, window, notes, seconds)

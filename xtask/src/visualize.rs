@@ -169,7 +169,7 @@ pub fn run(args: Args) -> Result<()> {
             ("model", systems::model(&generator, window, &settings)?),
             (
                 "markov",
-                systems::markov(tok, &grammar, window, settings.seed),
+                systems::markov(tok, &grammar, window, systems::MARKOV_ORDER, settings.seed),
             ),
             ("repeat", systems::repeat(tok, &grammar, window)),
         ];
