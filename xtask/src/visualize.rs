@@ -312,7 +312,7 @@ fn index_rows_for(
     for (i, (name, m)) in systems.iter().enumerate() {
         let piece = if i == 0 {
             format!(
-                "<td rowspan=\"{}\"><a href=\"pieces/{slug}/index.html\">{}</a></td>",
+                "<td class=\"piece\" rowspan=\"{}\"><a href=\"pieces/{slug}/index.html\">{}</a></td>",
                 systems.len(),
                 escape(&window.name())
             )
@@ -321,7 +321,7 @@ fn index_rows_for(
         };
         let _ = writeln!(
             out,
-            "<tr>{piece}<td>{name}</td><td>{} ({})</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ({})</td><td>{}</td></tr>",
+            "<tr>{piece}<td class=\"system\">{name}</td><td>{} ({})</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ({})</td><td>{}</td></tr>",
             m.notes,
             truth.notes,
             f(Some(m.pitch_class_overlap)),
