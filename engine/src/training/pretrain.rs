@@ -337,14 +337,13 @@ impl Trainer {
     /// Mean validation NLL (nats/token) over the fixed validation windows, with the fast
     /// inference path (no gradient needed).
     pub fn validate(&self) -> Result<(f64, u64)> {
-        let width = self.cfg.seq + 1;
-        let (mut sum, mut n) = (0f64, 0u64);
-        for chunk in self.val.chunks(width * self.cfg.batch) {
-            let (loss, count) = window_loss(&self.decoder, chunk, self.cfg.seq, self.pad, false)?;
-            sum += loss.to_scalar::<f32>()? as f64 * count as f64;
-            n += count;
-        }
-        Ok((sum / n.max(1) as f64, n))
+        mean_val_loss(
+            &self.decoder,
+            &self.val,
+            self.cfg.seq,
+            self.cfg.batch,
+            self.pad,
+        )
     }
 
     /// Writes the checkpoint now.
@@ -496,6 +495,46 @@ impl Trainer {
     pub fn device(&self) -> &Device {
         &self.device
     }
+}
+
+/// Mean NLL (nats/token) and target count over `windows` (rows of `seq + 1` ids), `batch`
+/// rows at a time, on the inference path.
+fn mean_val_loss(
+    decoder: &Decoder,
+    windows: &[u32],
+    seq: usize,
+    batch: usize,
+    pad: u32,
+) -> Result<(f64, u64)> {
+    let (mut sum, mut n) = (0f64, 0u64);
+    for chunk in windows.chunks((seq + 1) * batch) {
+        let (loss, count) = window_loss(decoder, chunk, seq, pad, false)?;
+        sum += loss.to_scalar::<f32>()? as f64 * count as f64;
+        n += count;
+    }
+    Ok((sum / n.max(1) as f64, n))
+}
+
+/// Validation of saved weights exactly as the run validates (same windows, same path), and
+/// the bigram baseline on those windows: what a model card reports for an exported checkpoint.
+/// Returns `(val_loss, bigram_val_loss, val_tokens)`; reads nothing of the run but `weights`.
+pub fn validate_weights(
+    cfg: &TrainConfig,
+    corpus: &Corpus,
+    weights: HashMap<String, Tensor>,
+) -> Result<(f64, f64, u64)> {
+    let dev = Device::Cpu;
+    let decoder = Decoder::new(
+        cfg.model.num_tokens,
+        &cfg.model.decoder,
+        VarBuilder::from_tensors(weights, DType::F32, &dev),
+    )?;
+    let pad = crate::tokenizer::Tokenizer::reference().pad_id();
+    let val = corpus.val_windows(cfg.seq, cfg.val_windows);
+    let (loss, n) = mean_val_loss(&decoder, &val, cfg.seq, cfg.batch, pad)?;
+    let bigram = Bigram::count(cfg.model.num_tokens, corpus.train_docs());
+    let (bigram_loss, _) = bigram.mean_nll(&val, cfg.seq + 1, pad);
+    Ok((loss, bigram_loss, n))
 }
 
 /// Drops metrics lines past `step` (written after the checkpoint a resumed run restarts from),
