@@ -1,0 +1,177 @@
+//! The `train` command line end to end on tiny data: a clear error for a folder without MIDI,
+//! train → Ctrl-C → `--resume` → `plot` → `train export` → `score` on the exported directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const MIDI: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../engine/tests/data/tokenizer/midi"
+);
+const EXAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../assets/examples/pop_4_4.mid"
+);
+
+fn xtask(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .expect("xtask runs")
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("continuator-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn a_folder_without_midi_is_a_one_line_error() {
+    let root = temp("nomidi");
+    let empty = root.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = root.join("run");
+    let o = xtask(&[
+        "train",
+        "decoder",
+        "--data",
+        s(&empty),
+        "--preset",
+        "tiny",
+        "--out",
+        s(&out),
+    ]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("no MIDI files") && t.contains(s(&empty)), "{t}");
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn train_resume_plot_export_score() {
+    let root = temp("train");
+    let run = root.join("run");
+    let base = [
+        "train",
+        "decoder",
+        "--data",
+        MIDI,
+        "--preset",
+        "tiny",
+        "--out",
+        s(&run),
+        "--seq",
+        "32",
+        "--batch",
+        "2",
+        "--val-every",
+        "5",
+    ];
+    let o = xtask(&[&base[..], &["--steps", "12", "--stop-at", "6"]].concat());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("stopped (resume with --resume) at step 6/12"));
+
+    // A second start without --resume refuses to overwrite the run.
+    let o = xtask(&[&base[..], &["--steps", "12"]].concat());
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--resume"), "{}", text(&o));
+
+    let o = xtask(&[&base[..], &["--resume"]].concat());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("finished at step 12/12"), "{}", text(&o));
+
+    let o = xtask(&["plot", s(&run)]);
+    // The plot needs a system font; without one it must say so.
+    assert!(
+        o.status.success() || text(&o).contains("CONTINUATOR_FONT"),
+        "{}",
+        text(&o)
+    );
+
+    let model = root.join("model");
+    let o = xtask(&["train", "export", s(&run), "--out", s(&model), "--f16"]);
+    assert!(o.status.success(), "{}", text(&o));
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "decoder.safetensors",
+        "MODEL_CARD.md",
+    ] {
+        assert!(model.join(f).exists(), "{f} missing");
+    }
+    let card = std::fs::read_to_string(model.join("MODEL_CARD.md")).unwrap();
+    assert!(
+        card.contains("bigram baseline") && card.contains("12 of 12"),
+        "{card}"
+    );
+
+    let o = xtask(&["score", "--model", s(&model), EXAMPLE]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("nats/token"));
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_exits_cleanly() {
+    let root = temp("ctrlc");
+    let run = root.join("run");
+    let child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args([
+            "train",
+            "decoder",
+            "--data",
+            MIDI,
+            "--preset",
+            "tiny",
+            "--out",
+            s(&run),
+            "--seq",
+            "32",
+            "--batch",
+            "2",
+            "--steps",
+            "100000000",
+        ])
+        .env("RAYON_NUM_THREADS", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until training has started (the metrics file appears), then interrupt.
+    let metrics = run.join("metrics.jsonl");
+    let start = std::time::Instant::now();
+    while !metrics.exists() && start.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("stopped (resume with --resume)"),
+        "{}",
+        text(&o)
+    );
+    assert!(run.join("checkpoint.safetensors").exists());
+    std::fs::remove_dir_all(&root).ok();
+}
