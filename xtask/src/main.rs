@@ -82,6 +82,8 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,xtask::train=info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: `nohup … > run.log` logs stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(err) = run(Cli::parse()) {
         // A reader that stopped reading (`cargo xtask tokenize f.mid | head`) is not a failure.

@@ -5,10 +5,12 @@ use std::path::PathBuf;
 /// Why training (or preparing its data) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}: {source}", path.display())]
+    /// The I/O error is part of the message and deliberately not a `source`: callers that
+    /// print the error chain (anyhow's `{:#}`) would show it twice.
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("no MIDI files (.mid, .midi) under {}", dirs_list(.dirs))]
     NoMidi { dirs: Vec<PathBuf> },
@@ -34,7 +36,7 @@ fn dirs_list(dirs: &[PathBuf]) -> String {
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| Self::Io { path, source }
+        move |error| Self::Io { path, error }
     }
 }
 
