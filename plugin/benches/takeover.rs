@@ -1,0 +1,97 @@
+//! Takeover latency: from a trigger (the inference thread calling the continuer) to the first
+//! continuation note ready, with the model in `CONTINUATOR_MODEL_DIR` (or `assets/model`); without
+//! one, a random-weight tiny model stands in and the numbers only measure the plumbing.
+//! Incremental prefill is not measured yet: the engine has no API for it (see the plugin's
+//! `Continuer::bar_finished`).
+//!
+//! `cargo bench -p continuator --bench takeover`
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use continuator::continuer::{ContinueRequest, Continuer, GridNote, Prime};
+use continuator::engine_continuer::{default_model_dir, EngineContinuer};
+use continuator::time::{Ticks, TimeSignature};
+use engine::models::{Decoder, Model, ModelConfig};
+use engine::tokenizer::Tokenizer;
+
+fn tiny_model() -> Model {
+    let mut config = ModelConfig::tiny();
+    config.max_seq_len = 1024;
+    config.adapter = None;
+    config.discriminator = None;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let decoder = Decoder::new(config.num_tokens, &config.decoder, vb).unwrap();
+    Model {
+        dir: PathBuf::from("<memory>"),
+        config,
+        tokenizer: Tokenizer::reference(),
+        decoder,
+        adapter: None,
+        discriminator: None,
+    }
+}
+
+fn main() {
+    let dir = default_model_dir();
+    let (mut continuer, which) = match EngineContinuer::load(&dir, None) {
+        Ok(continuer) => (continuer, format!("model at {}", dir.display())),
+        Err(err) => {
+            eprintln!("{err}; using a random tiny model");
+            (
+                EngineContinuer::from_model(tiny_model()).unwrap(),
+                "random tiny model".to_string(),
+            )
+        }
+    };
+    // Four bars of eighth notes in 4/4, continued from the next bar line for four bars.
+    let sig = TimeSignature::default();
+    let notes = (0..32)
+        .map(|i| GridNote {
+            onset: Ticks(i * 6),
+            duration: Ticks(5),
+            key: 60 + (i % 12) as u8,
+            velocity: 80,
+        })
+        .collect();
+    let request = ContinueRequest {
+        prime: Prime {
+            time_signature: sig,
+            bars: 4,
+            notes,
+        },
+        start: Ticks(4 * sig.bar_ticks().0),
+        length: Ticks(4 * sig.bar_ticks().0),
+        temperature: 1.0,
+        top_p: 0.95,
+        seed: 0,
+    };
+    let mut firsts = Vec::new();
+    for seed in 0..20 {
+        let request = ContinueRequest {
+            seed,
+            ..request.clone()
+        };
+        let started = Instant::now();
+        let mut first = None;
+        continuer
+            .continue_phrase(&request, &mut |_| {
+                first = Some(started.elapsed());
+                ControlFlow::Break(())
+            })
+            .unwrap();
+        firsts.push(first.unwrap_or(Duration::MAX));
+    }
+    firsts.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!("takeover (trigger → first note ready), {which}, no incremental prefill, 20 runs:");
+    println!(
+        "  median {:.1} ms, worst {:.1} ms",
+        ms(firsts[firsts.len() / 2]),
+        ms(firsts[firsts.len() - 1])
+    );
+}
