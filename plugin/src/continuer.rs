@@ -66,8 +66,9 @@ pub trait Continuer: Send {
         emit: &mut dyn FnMut(GridNote) -> ControlFlow<()>,
     ) -> Result<(), ContinueError>;
 
-    /// A bar the musician just finished (`index` counts bars on the host's timeline), for
-    /// incremental prefill: an implementation may feed it to the model's cache now, so that a
-    /// later request only has the unfinished tail left to process. The default ignores it.
-    fn bar_finished(&mut self, _time_signature: TimeSignature, _index: i64, _notes: &[GridNote]) {}
+    /// The prime a continuation starting at the next bar line would get, handed over as soon as
+    /// the musician finishes a bar, for incremental prefill: an implementation may feed it to the
+    /// model's cache now, so that when a continuation is asked for only what came after is left
+    /// to process. The default ignores it.
+    fn listening(&mut self, _prime: &Prime) {}
 }

@@ -9,7 +9,7 @@
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use engine::generation::{GenerationError, Generator, Prime, Settings};
+use engine::generation::{GenerationError, Generator, Prefix, Prime, Settings};
 use engine::midi::{Note, Score, TimeSignatureChange};
 use engine::models::{LoadOptions, Model, Precision};
 
@@ -18,6 +18,9 @@ use crate::time::{Ticks, TICKS_PER_BEAT};
 
 pub struct EngineContinuer {
     model: Model,
+    /// The listening window's tokens already in the model's cache (incremental prefill): a
+    /// continuation whose prime begins with them only processes the rest.
+    prefix: Option<Prefix>,
 }
 
 /// Where the embedded default model lives: `CONTINUATOR_MODEL_DIR` if set, else the repository's
@@ -55,13 +58,16 @@ impl EngineContinuer {
     /// grammar.
     pub fn from_model(model: Model) -> Result<EngineContinuer, GenerationError> {
         Generator::new(&model)?;
-        Ok(EngineContinuer { model })
+        Ok(EngineContinuer {
+            model,
+            prefix: None,
+        })
     }
 }
 
 /// The prime as a score at the plugin's grid resolution (12 ticks per quarter note).
-fn score(request: &ContinueRequest) -> Result<Score, ContinueError> {
-    let sig = request.prime.time_signature;
+fn score(prime: &crate::continuer::Prime) -> Result<Score, ContinueError> {
+    let sig = prime.time_signature;
     let meter = engine::time::TimeSignature::new(sig.numerator(), sig.denominator())
         .ok_or_else(|| ContinueError::Failed(format!("unsupported meter {sig:?}")))?;
     let mut score = Score::new(TICKS_PER_BEAT as u16);
@@ -69,8 +75,7 @@ fn score(request: &ContinueRequest) -> Result<Score, ContinueError> {
         time: engine::time::Ticks(0),
         signature: meter,
     }];
-    score.notes = request
-        .prime
+    score.notes = prime
         .notes
         .iter()
         .filter(|n| n.onset.0 >= 0)
@@ -88,6 +93,29 @@ fn score(request: &ContinueRequest) -> Result<Score, ContinueError> {
 }
 
 impl Continuer for EngineContinuer {
+    fn listening(&mut self, prime: &crate::continuer::Prime) {
+        let Ok(generator) = Generator::new(&self.model) else {
+            return;
+        };
+        let Ok(score) = score(prime) else { return };
+        let tok = generator.tokenizer();
+        let mut ids = vec![tok.bos_id()];
+        tok.encode_into(&score, &mut ids);
+        // Keep what is already cached when the window only grew; start afresh when it slid.
+        let mut prefix = match self.prefix.take() {
+            Some(prefix) if ids.starts_with(prefix.ids()) => prefix,
+            _ => generator.prefix(),
+        };
+        let done = prefix.ids().len();
+        if ids.len() >= generator.context() / 2 {
+            return; // a prime this long gets cut to fit the context, and would not match
+        }
+        match generator.extend_prefix(&mut prefix, &ids[done..]) {
+            Ok(()) => self.prefix = Some(prefix),
+            Err(err) => tracing::debug!(%err, "incremental prefill failed"),
+        }
+    }
+
     fn continue_phrase(
         &mut self,
         request: &ContinueRequest,
@@ -104,7 +132,7 @@ impl Continuer for EngineContinuer {
             variations: 1,
         };
         let tok = generator.tokenizer();
-        let ids = tok.encode(&score(request)?);
+        let ids = tok.encode(&score(&request.prime)?);
         let tpq = f64::from(tok.ticks_per_quarter());
         let end = engine::time::Ticks((request.start.to_beats().0 * tpq).round().max(0.0) as u64);
         let prime = Prime::from_ids(
@@ -118,16 +146,19 @@ impl Continuer for EngineContinuer {
         .map_err(|e| ContinueError::Failed(e.to_string()))?;
         // Where the engine starts may differ from the request by grid rounding: its start rules.
         let start = Ticks((prime.start_quarters().0 * f64::from(TICKS_PER_BEAT)).round() as i64);
-        let result = generator.generate(&prime, &settings, None, |note| {
-            emit(GridNote {
-                onset: Ticks(start.0 + (note.onset.0 * f64::from(TICKS_PER_BEAT)).round() as i64),
-                duration: Ticks(
-                    ((note.duration.0 * f64::from(TICKS_PER_BEAT)).round() as i64).max(1),
-                ),
-                key: note.pitch,
-                velocity: note.velocity,
-            })
-        });
+        let result =
+            generator.generate_from(self.prefix.as_ref(), &prime, &settings, None, |note| {
+                emit(GridNote {
+                    onset: Ticks(
+                        start.0 + (note.onset.0 * f64::from(TICKS_PER_BEAT)).round() as i64,
+                    ),
+                    duration: Ticks(
+                        ((note.duration.0 * f64::from(TICKS_PER_BEAT)).round() as i64).max(1),
+                    ),
+                    key: note.pitch,
+                    velocity: note.velocity,
+                })
+            });
         match result {
             Ok(_) | Err(GenerationError::Cancelled) => Ok(()),
             Err(GenerationError::EmptyPrime) => {
@@ -169,6 +200,8 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
+    use engine::tokenizer::Tokenizer;
+
     use super::testing::tiny_model;
     use super::*;
     use crate::continuer::Prime as GridPrime;
@@ -251,5 +284,29 @@ mod tests {
         });
         assert_eq!(result, Ok(()));
         assert!(count <= 1);
+    }
+
+    #[test]
+    fn listening_ahead_changes_nothing_but_the_work_left() {
+        let mut request = request(TimeSignature::default());
+        // A continuation from the bar line right after the prime, as Manual mode asks.
+        request.start = Ticks(4 * TimeSignature::default().bar_ticks().0);
+        let mut continuer = EngineContinuer::from_model(tiny_model()).unwrap();
+        let cold = continue_with(&mut continuer, &request);
+        // Bar by bar, as the musician plays: the window grows, then the continuation comes.
+        let bar = TimeSignature::default().bar_ticks().0;
+        for bars in 1..=4 {
+            let mut window = request.prime.clone();
+            window.notes.retain(|n| n.onset.0 < bars * bar);
+            continuer.listening(&window);
+        }
+        let prefix = continuer.prefix.as_ref().expect("prefilled");
+        // The whole window is cached: the prime's own tokens, after BOS.
+        let tok = Tokenizer::reference();
+        let mut ids = vec![tok.bos_id()];
+        tok.encode_into(&score(&request.prime).unwrap(), &mut ids);
+        assert_eq!(prefix.ids(), &ids[..]);
+        let warm = continue_with(&mut continuer, &request);
+        assert_eq!(cold, warm);
     }
 }

@@ -77,7 +77,7 @@ pub struct Inference {
     phrase_start: Beats,
     served_triggers: u32,
     last_view: Option<TransportView>,
-    /// The last bar handed to [`Continuer::bar_finished`].
+    /// The last finished bar whose prime went to [`Continuer::listening`].
     last_prefilled_bar: Option<i64>,
     takes_started: u32,
     current_take: TakeId,
@@ -184,12 +184,22 @@ impl Inference {
         }
         let sig = view.time_signature;
         let current = sig.bar_index(view.position);
-        let first = self.last_prefilled_bar.map_or(current - 1, |bar| bar + 1);
-        for bar in first.max(current - 1)..current {
-            let prime = self.phrase.prime(sig, bar, 1, view.position);
-            continuer.bar_finished(sig, bar, &prime.notes);
-            self.last_prefilled_bar = Some(bar);
+        if self
+            .last_prefilled_bar
+            .is_some_and(|bar| bar + 1 >= current)
+        {
+            return;
         }
+        // The window a continuation from the current bar line would listen to: the bars up to
+        // the one just finished.
+        let listen = (self.knobs)().listen_bars.max(1);
+        let prime = self
+            .phrase
+            .prime(sig, current - i64::from(listen), listen, view.position);
+        if !prime.notes.is_empty() {
+            continuer.listening(&prime);
+        }
+        self.last_prefilled_bar = Some(current - 1);
     }
 
     /// Auto mode: has the musician played at least `listen_bars` bars and then paused?
