@@ -1,8 +1,8 @@
 //! Takeover latency: from a trigger (the inference thread calling the continuer) to the first
 //! continuation note ready, with the model in `CONTINUATOR_MODEL_DIR` (or `assets/model`); without
 //! one, a random-weight tiny model stands in and the numbers only measure the plumbing.
-//! Incremental prefill is not measured yet: the engine has no API for it (see the plugin's
-//! `Continuer::bar_finished`).
+//! Measured cold (the whole prime prefilled at the trigger) and warm (the listening window
+//! already prefilled, as the inference thread does bar by bar while the musician plays).
 //!
 //! `cargo bench -p continuator --bench takeover`
 
@@ -70,28 +70,38 @@ fn main() {
         top_p: 0.95,
         seed: 0,
     };
-    let mut firsts = Vec::new();
-    for seed in 0..20 {
-        let request = ContinueRequest {
-            seed,
-            ..request.clone()
+    for warm in [false, true] {
+        let mut firsts = Vec::new();
+        for seed in 0..20 {
+            let request = ContinueRequest {
+                seed,
+                ..request.clone()
+            };
+            if warm {
+                continuer.listening(&request.prime);
+            }
+            let started = Instant::now();
+            let mut first = None;
+            continuer
+                .continue_phrase(&request, &mut |_| {
+                    first = Some(started.elapsed());
+                    ControlFlow::Break(())
+                })
+                .unwrap();
+            firsts.push(first.unwrap_or(Duration::MAX));
+        }
+        firsts.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let mode = if warm {
+            "with incremental prefill"
+        } else {
+            "cold"
         };
-        let started = Instant::now();
-        let mut first = None;
-        continuer
-            .continue_phrase(&request, &mut |_| {
-                first = Some(started.elapsed());
-                ControlFlow::Break(())
-            })
-            .unwrap();
-        firsts.push(first.unwrap_or(Duration::MAX));
+        println!("takeover (trigger → first note ready), {which}, {mode}, 20 runs:");
+        println!(
+            "  median {:.1} ms, worst {:.1} ms",
+            ms(firsts[firsts.len() / 2]),
+            ms(firsts[firsts.len() - 1])
+        );
     }
-    firsts.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!("takeover (trigger → first note ready), {which}, no incremental prefill, 20 runs:");
-    println!(
-        "  median {:.1} ms, worst {:.1} ms",
-        ms(firsts[firsts.len() / 2]),
-        ms(firsts[firsts.len() - 1])
-    );
 }
