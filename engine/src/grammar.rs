@@ -486,7 +486,7 @@ mod tests {
                 "Pitch_60",
                 "Velocity_63",
                 "Duration_1.0.12",
-                "Position_5",
+                "Position_4",
             ],
             vec![
                 "Bar_None",

@@ -16,6 +16,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use super::kv_cache::LayerCache;
+use super::small_matmul::{self, SmallMatmul};
 
 /// Which implementation of the normalisation, rotary and softmax kernels to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +96,18 @@ impl Linear {
     }
 }
 
+/// Whether a decoding-step matmul can take the [`SmallMatmul`] kernel: a few f32 rows on the
+/// CPU against a frozen (non-variable) contiguous weight. Training variables always take
+/// candle's matmul, which has a backward pass.
+fn small_batch(x: &Tensor, weight: &Tensor) -> bool {
+    x.dim(0).is_ok_and(|rows| rows <= small_matmul::MAX_ROWS)
+        && x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && weight.dtype() == DType::F32
+        && weight.is_contiguous()
+        && !weight.is_variable()
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (y, bias) = match self {
@@ -102,7 +115,12 @@ impl Module for Linear {
                 let y = match x.dims() {
                     [b, t, k] => {
                         let x2 = x.reshape((b * t, *k))?;
-                        x2.matmul(&weight.t()?)?.reshape((*b, *t, ()))?
+                        let y2 = if small_batch(&x2, weight) {
+                            x2.contiguous()?.apply_op2_no_bwd(weight, &SmallMatmul)?
+                        } else {
+                            x2.matmul(&weight.t()?)?
+                        };
+                        y2.reshape((*b, *t, ()))?
                     }
                     _ => x.broadcast_matmul(&weight.t()?)?,
                 };

@@ -32,6 +32,7 @@ mod error;
 pub mod kv_cache;
 pub mod model_dir;
 pub mod score;
+mod small_matmul;
 
 pub use adapter::{Adapter, AdapterConfig};
 pub use blocks::Path;
