@@ -563,8 +563,10 @@ fn model_card(
          | model | loss |\n|---|---|\n\
          | this decoder | {val_line} |\n\
          | bigram baseline, same windows | {bigram:.4} |\n\n\
-         Measured on {val_tokens} target tokens: up to {} bar-aligned windows of {} tokens from the\n\
-         validation files ({:.2} nats/token better than the bigram).\n\n\
+         Measured at export on {val_tokens} target tokens, in bar-aligned windows of {} tokens spread\n\
+         over each piece, at least one from every validation file and at least {} in all (the run's\n\
+         periodic validation in `metrics.jsonl` uses fewer). The decoder is {:.2} nats/token below\n\
+         the bigram.\n\n\
          ## Reproduce\n\n```sh\n{command}\n\
          cargo run --release -p xtask -- train export {} --out {} --f16\n```\n\n\
          The data folders are the corpus described below (`../shared/corpus/` in the development\n\
@@ -608,8 +610,8 @@ fn model_card(
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         state.train_seconds / 3600.0,
         100.0 * cfg.val_fraction,
-        cfg.val_windows,
         cfg.seq,
+        cfg.val_windows,
         bigram - val,
         args.run.display(),
         args.out.display(),

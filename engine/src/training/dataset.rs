@@ -387,27 +387,37 @@ impl Corpus {
         }
     }
 
-    /// The fixed validation windows (`seq + 1` ids each, row-major): consecutive bar-aligned
-    /// windows from every validation file, at most `max_windows` in all, spread over files.
+    /// The fixed validation windows (`seq + 1` ids each, row-major), at most `max_windows`:
+    /// spread evenly over the validation files and, inside each file, placed at bars spread
+    /// over the whole piece (from a per-file offset), so the estimate is not biased towards
+    /// openings, which are sparser and easier than the rest of a piece.
     pub fn val_windows(&self, seq: usize, max_windows: usize) -> Vec<u32> {
-        let per_doc = (max_windows / self.val.len().max(1)).max(1);
+        let n = self.val.len();
+        let docs: Vec<usize> = if max_windows >= n {
+            self.val.clone()
+        } else {
+            (0..max_windows)
+                .map(|k| self.val[k * n / max_windows])
+                .collect()
+        };
+        let per_doc = (max_windows / docs.len().max(1)).max(1);
         let mut out = Vec::new();
         let mut count = 0;
-        'docs: for &doc in &self.val {
+        'docs: for doc in docs {
             let d = &self.docs[doc];
-            let mut start = 0usize;
-            for _ in 0..per_doc {
+            let fits = d
+                .starts
+                .partition_point(|&s| (s as usize) + seq < d.len)
+                .max(1);
+            let offset = (stable_hash(&d.name) % 1000) as f64 / 1000.0;
+            for j in 0..per_doc {
                 if count == max_windows {
                     break 'docs;
                 }
+                let frac = (offset + j as f64 / per_doc as f64).fract();
+                let start = d.starts[((frac * fits as f64) as usize).min(fits - 1)] as usize;
                 self.window_into(doc, start, seq + 1, &mut out);
                 count += 1;
-                // The next window starts at the first bar after this one's last input.
-                let k = d.starts.partition_point(|&s| (s as usize) < start + seq);
-                match d.starts.get(k) {
-                    Some(&s) if (s as usize) + 1 < d.len => start = s as usize,
-                    _ => break,
-                }
             }
         }
         out

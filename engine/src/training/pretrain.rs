@@ -515,8 +515,9 @@ fn mean_val_loss(
     Ok((sum / n.max(1) as f64, n))
 }
 
-/// Validation of saved weights exactly as the run validates (same windows, same path), and
-/// the bigram baseline on those windows: what a model card reports for an exported checkpoint.
+/// Validation of saved weights as the run validates (same window placement, same path; at
+/// least one window per validation file), and the bigram baseline on exactly those windows:
+/// what a model card reports for an exported checkpoint.
 /// Returns `(val_loss, bigram_val_loss, val_tokens)`; reads nothing of the run but `weights`.
 pub fn validate_weights(
     cfg: &TrainConfig,
@@ -530,7 +531,10 @@ pub fn validate_weights(
         VarBuilder::from_tensors(weights, DType::F32, &dev),
     )?;
     let pad = crate::tokenizer::Tokenizer::reference().pad_id();
-    let val = corpus.val_windows(cfg.seq, cfg.val_windows);
+    // At least one window from every validation file: a card's number is measured once, so it
+    // can afford more windows than the run's periodic validation.
+    let windows = cfg.val_windows.max(corpus.split_sizes().1);
+    let val = corpus.val_windows(cfg.seq, windows);
     let (loss, n) = mean_val_loss(&decoder, &val, cfg.seq, cfg.batch, pad)?;
     let bigram = Bigram::count(cfg.model.num_tokens, corpus.train_docs());
     let (bigram_loss, _) = bigram.mean_nll(&val, cfg.seq + 1, pad);
