@@ -483,8 +483,18 @@ fn copy_licences(data: &[PathBuf], out: &Path) -> Result<Vec<String>> {
                 .join(file.file_name().expect("a file name"));
             let dest = out.join(&rel);
             std::fs::create_dir_all(dest.parent().expect("a parent"))?;
+            // Source files may be read-only (a shared corpus); the copies must stay replaceable
+            // by the next export.
+            let _ = std::fs::remove_file(&dest);
             std::fs::copy(&file, &dest)
                 .with_context(|| format!("copying {} to {}", file.display(), dest.display()))?;
+            let mut perms = std::fs::metadata(&dest)?.permissions();
+            #[cfg(unix)]
+            std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+            #[cfg(not(unix))]
+            #[allow(clippy::permissions_set_readonly_false)]
+            perms.set_readonly(false);
+            std::fs::set_permissions(&dest, perms)?;
             copied.push(rel.to_string_lossy().into_owned());
         }
     }
@@ -527,9 +537,10 @@ fn model_card(
         )
     } else {
         format!(
-            "**This is a checkpoint of an ongoing run**: step {} of {} ({:.0} %). Continue it with \
-             the same command plus `--resume` (it reads `{}/run.json` and `checkpoint.safetensors`), \
-             then export again with `cargo xtask train export {} --out {} --f16`.",
+            "**This is a checkpoint of an ongoing run**: step {} of {} ({:.0} %). Continue it where it \
+             stopped (it reads `{}/run.json` and `checkpoint.safetensors`, which stay outside the \
+             repository) with\n\n```sh\n{command} --resume\n```\n\nthen export again with \
+             `cargo xtask train export {} --out {} --f16`.",
             state.step,
             cfg.steps,
             100.0 * state.step as f64 / cfg.steps as f64,
