@@ -2,7 +2,7 @@
 //! [--top-p 0.95] [--seed S] [--variations K] [--model DIR] [--adapter FILE]
 //! [--only-continuation]`: the system's main job, from a MIDI file to its continuation.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
@@ -95,14 +95,20 @@ pub fn run(args: Args) -> Result<()> {
         .prime(&score, args.prime_bars, &settings)
         .with_context(|| format!("{}: cannot use it as a prime", args.input.display()))?;
 
+    // A live count on a terminal; nothing when stderr is a file or a pipe.
     let mut stderr = std::io::stderr();
+    let live = stderr.is_terminal();
     let mut notes = 0usize;
     let (continuations, stats) = generator.generate(&prime, &settings, None, |_| {
         notes += 1;
-        let _ = write!(stderr, "\rgenerating: {notes} notes");
+        if live {
+            let _ = write!(stderr, "\rgenerating: {notes} notes");
+        }
         ControlFlow::Continue(())
     })?;
-    let _ = writeln!(stderr);
+    if live {
+        let _ = writeln!(stderr);
+    }
 
     let quarters = continuations[0]
         .length
