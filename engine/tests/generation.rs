@@ -2,33 +2,20 @@
 //! requested bars, starts where the prime stops, keeps its meter, and streams what it returns.
 
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use candle_core::{DType, Device};
-use candle_nn::{VarBuilder, VarMap};
+use candle_core::Device;
 use engine::generation::{GenerationError, Generator, Settings, StreamedNote};
 use engine::midi::Score;
-use engine::models::{Decoder, Model, ModelConfig};
+use engine::models::{Model, ModelConfig};
 use engine::time::Ticks;
 use engine::tokenizer::Tokenizer;
 
 fn tiny_model() -> Model {
     let mut config = ModelConfig::tiny();
     config.max_seq_len = 1024;
-    config.adapter = None;
-    config.discriminator = None;
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let decoder = Decoder::new(config.num_tokens, &config.decoder, vb).unwrap();
-    Model {
-        dir: PathBuf::from("<memory>"),
-        config,
-        tokenizer: Tokenizer::reference(),
-        decoder,
-        adapter: None,
-        discriminator: None,
-    }
+    Model::random(config, Tokenizer::reference(), &Device::Cpu).unwrap()
 }
 
 fn example(name: &str) -> Score {

@@ -7,33 +7,19 @@
 //! `cargo bench -p continuator --bench takeover`
 
 use std::ops::ControlFlow;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device};
-use candle_nn::{VarBuilder, VarMap};
+use candle_core::Device;
 use continuator::continuer::{ContinueRequest, Continuer, GridNote, Prime};
 use continuator::engine_continuer::{default_model_dir, EngineContinuer};
 use continuator::time::{Ticks, TimeSignature};
-use engine::models::{Decoder, Model, ModelConfig};
+use engine::models::{Model, ModelConfig};
 use engine::tokenizer::Tokenizer;
 
 fn tiny_model() -> Model {
     let mut config = ModelConfig::tiny();
     config.max_seq_len = 1024;
-    config.adapter = None;
-    config.discriminator = None;
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let decoder = Decoder::new(config.num_tokens, &config.decoder, vb).unwrap();
-    Model {
-        dir: PathBuf::from("<memory>"),
-        config,
-        tokenizer: Tokenizer::reference(),
-        decoder,
-        adapter: None,
-        discriminator: None,
-    }
+    Model::random(config, Tokenizer::reference(), &Device::Cpu).expect("a random tiny model")
 }
 
 fn main() {

@@ -171,30 +171,15 @@ impl Continuer for EngineContinuer {
 
 #[cfg(test)]
 pub(crate) mod testing {
-    use std::path::PathBuf;
-
-    use candle_core::{DType, Device};
-    use candle_nn::{VarBuilder, VarMap};
-    use engine::models::{Decoder, Model, ModelConfig};
+    use candle_core::Device;
+    use engine::models::{Model, ModelConfig};
     use engine::tokenizer::Tokenizer;
 
     /// A random-weight tiny model with the reference tokenizer.
     pub(crate) fn tiny_model() -> Model {
         let mut config = ModelConfig::tiny();
         config.max_seq_len = 1024;
-        config.adapter = None;
-        config.discriminator = None;
-        let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-        let decoder = Decoder::new(config.num_tokens, &config.decoder, vb).unwrap();
-        Model {
-            dir: PathBuf::from("<memory>"),
-            config,
-            tokenizer: Tokenizer::reference(),
-            decoder,
-            adapter: None,
-            discriminator: None,
-        }
+        Model::random(config, Tokenizer::reference(), &Device::Cpu).expect("a random tiny model")
     }
 }
 

@@ -9,11 +9,10 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device};
-use candle_nn::{VarBuilder, VarMap};
+use candle_core::Device;
 use engine::generation::{GenerationStats, Generator, Settings};
 use engine::midi::Score;
-use engine::models::{Decoder, LoadOptions, Model, ModelConfig, Precision};
+use engine::models::{LoadOptions, Model, ModelConfig, Precision};
 use engine::tokenizer::Tokenizer;
 
 #[derive(clap::Args)]
@@ -124,24 +123,18 @@ fn random_model(preset: &str, precision: Precision) -> Result<Model> {
         "tiny" => ModelConfig::tiny(),
         other => anyhow::bail!("unknown preset `{other}` (small, seed, tiny)"),
     };
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let decoder = Decoder::new(config.num_tokens, &config.decoder, vb)?;
-    let decoder = if precision == Precision::Q8 {
-        decoder.quantize()?
-    } else {
-        decoder
-    };
-    Ok(Model {
-        dir: PathBuf::from(format!("<random {preset}>")),
-        config: ModelConfig {
-            adapter: None,
-            discriminator: None,
-            ..config
-        },
-        tokenizer: Tokenizer::reference(),
-        decoder,
+    let config = ModelConfig {
         adapter: None,
         discriminator: None,
-    })
+        ..config
+    };
+    let model = Model::random(config, Tokenizer::reference(), &Device::Cpu)?;
+    if precision == Precision::Q8 {
+        Ok(Model {
+            decoder: model.decoder.quantize()?,
+            ..model
+        })
+    } else {
+        Ok(model)
+    }
 }

@@ -308,6 +308,35 @@ impl Model {
         Ok(model)
     }
 
+    /// A model with random (N(0, 0.02)) decoder weights and no adapter, for tests and speed
+    /// measurements, which need the shapes but not the training. The weights are frozen
+    /// tensors, as after [`Model::load`], so inference takes the same kernels.
+    pub fn random(config: ModelConfig, tokenizer: Tokenizer, device: &Device) -> Result<Self> {
+        let varmap = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        Decoder::new(config.num_tokens, &config.decoder, vb)?;
+        let frozen: HashMap<String, Tensor> = varmap
+            .data()
+            .lock()
+            .expect("VarMap lock poisoned")
+            .iter()
+            .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+            .collect();
+        let decoder = Decoder::new(
+            config.num_tokens,
+            &config.decoder,
+            VarBuilder::from_tensors(frozen, DType::F32, device),
+        )?;
+        Ok(Self {
+            dir: PathBuf::from("<random weights>"),
+            config,
+            tokenizer,
+            decoder,
+            adapter: None,
+            discriminator: None,
+        })
+    }
+
     /// Loads (or swaps in) a style adapter file; its shape comes from `config.json`.
     pub fn load_adapter(&mut self, file: &Path, opts: &LoadOptions) -> Result<()> {
         let cfg = self.config.adapter.clone().ok_or_else(|| Error::Config {
