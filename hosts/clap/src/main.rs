@@ -7,7 +7,7 @@
 
 use std::ffi::CString;
 
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use clack_host::events::event_types::{
     MidiEvent, NoteOffEvent, NoteOnEvent, TransportEvent, TransportFlags,
 };
@@ -16,7 +16,7 @@ use clack_host::prelude::*;
 use clack_host::utils::BeatTime;
 
 use continuator_host_scenario as scenario;
-use scenario::{Block, Edge, Twist, BLOCK, SAMPLE_RATE};
+use scenario::{Block, Edge, BLOCK, SAMPLE_RATE};
 
 const PLUGIN_ID: &str = "org.continuator.continuator";
 
@@ -167,30 +167,5 @@ fn main() -> Result<()> {
     // SAFETY: loading a plugin runs its code; this is the plugin under test.
     let entry =
         unsafe { PluginEntry::load(&path) }.map_err(|e| anyhow!("loading {path}: {e:?}"))?;
-    let mut failures = 0;
-    for (bpm, numerator) in [(120.0, 4), (90.0, 3)] {
-        for twist in [Twist::TempoChange, Twist::LoopJump] {
-            let mut plugin = ClapPlugin::load(&entry)?;
-            match scenario::play(&mut plugin, bpm, numerator, twist) {
-                Ok(report) => {
-                    println!(
-                        "{bpm} BPM {numerator}/4 {twist:?}: {} events passed through, {} generated notes{}",
-                        report.thru,
-                        report.generated_ons,
-                        report.first_generated.map(|s| format!(", first at sample {s}")).unwrap_or_default()
-                    );
-                    if require_continuation && report.generated_ons == 0 {
-                        println!("  FAILED: no continuation");
-                        failures += 1;
-                    }
-                }
-                Err(err) => {
-                    println!("{bpm} BPM {numerator}/4 {twist:?}: FAILED: {err:#}");
-                    failures += 1;
-                }
-            }
-        }
-    }
-    ensure!(failures == 0, "{failures} scenario(s) failed");
-    Ok(())
+    scenario::play_all(|| ClapPlugin::load(&entry), require_continuation)
 }

@@ -175,3 +175,38 @@ pub fn play(plugin: &mut dyn Plugin, bpm: f64, numerator: u16, twist: Twist) -> 
     }
     Ok(report)
 }
+
+/// Plays every scenario (120 BPM 4/4 and 90 BPM 3/4, each with a tempo change and with a loop
+/// jump) on a freshly loaded plugin, prints a line for each, and fails if any failed, or, with
+/// `require_continuation`, if any produced no continuation. Both hosts run exactly this.
+pub fn play_all<P: Plugin>(
+    mut load: impl FnMut() -> Result<P>,
+    require_continuation: bool,
+) -> Result<()> {
+    let mut failures = 0;
+    for (bpm, numerator) in [(120.0, 4), (90.0, 3)] {
+        for twist in [Twist::TempoChange, Twist::LoopJump] {
+            let mut plugin = load()?;
+            match play(&mut plugin, bpm, numerator, twist) {
+                Ok(report) => {
+                    println!(
+                        "{bpm} BPM {numerator}/4 {twist:?}: {} events passed through, {} generated notes{}",
+                        report.thru,
+                        report.generated_ons,
+                        report.first_generated.map(|s| format!(", first at sample {s}")).unwrap_or_default()
+                    );
+                    if require_continuation && report.generated_ons == 0 {
+                        println!("  FAILED: no continuation");
+                        failures += 1;
+                    }
+                }
+                Err(err) => {
+                    println!("{bpm} BPM {numerator}/4 {twist:?}: FAILED: {err:#}");
+                    failures += 1;
+                }
+            }
+        }
+    }
+    ensure!(failures == 0, "{failures} scenario(s) failed");
+    Ok(())
+}

@@ -11,7 +11,7 @@ use std::ptr;
 use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use continuator_host_scenario::{self as scenario, Block, Edge, Twist, BLOCK, SAMPLE_RATE};
+use continuator_host_scenario::{self as scenario, Block, Edge, BLOCK, SAMPLE_RATE};
 use vst3::Steinberg::Vst::ProcessContext_::StatesAndFlags_::*;
 use vst3::Steinberg::Vst::*;
 use vst3::Steinberg::*;
@@ -297,31 +297,8 @@ fn main() -> Result<()> {
             .unwrap_or_else(|| "target/bundled/Continuator.vst3".into()),
     );
     let require_continuation = args.any(|a| a == "--require-continuation");
-    let mut failures = 0;
-    for (bpm, numerator) in [(120.0, 4), (90.0, 3)] {
-        for twist in [Twist::TempoChange, Twist::LoopJump] {
-            let mut plugin = Vst3Plugin::load(&path)
-                .map_err(|e| anyhow!("loading {}: {e:#}", path.display()))?;
-            match scenario::play(&mut plugin, bpm, numerator, twist) {
-                Ok(report) => {
-                    println!(
-                        "{bpm} BPM {numerator}/4 {twist:?}: {} events passed through, {} generated notes{}",
-                        report.thru,
-                        report.generated_ons,
-                        report.first_generated.map(|s| format!(", first at sample {s}")).unwrap_or_default()
-                    );
-                    if require_continuation && report.generated_ons == 0 {
-                        println!("  FAILED: no continuation");
-                        failures += 1;
-                    }
-                }
-                Err(err) => {
-                    println!("{bpm} BPM {numerator}/4 {twist:?}: FAILED: {err:#}");
-                    failures += 1;
-                }
-            }
-        }
-    }
-    ensure!(failures == 0, "{failures} scenario(s) failed");
-    Ok(())
+    scenario::play_all(
+        || Vst3Plugin::load(&path).map_err(|e| anyhow!("loading {}: {e:#}", path.display())),
+        require_continuation,
+    )
 }
