@@ -232,21 +232,38 @@ pub fn load_model(dir: Option<PathBuf>, adapter: Option<&str>) -> Result<Model> 
     Ok(model)
 }
 
-pub fn run(args: Args) -> Result<()> {
-    if args.prime_bars == 0 || args.bars == 0 {
-        bail!("--prime-bars and --bars must be at least 1");
-    }
-    if args.cases == 0 {
-        bail!("--cases must be at least 1");
+/// The one-continuation settings eval and visualize cut their windows with, checked.
+pub(crate) fn window_settings(
+    prime_bars: u32,
+    bars: u32,
+    cases: usize,
+    temperature: f32,
+    top_p: f32,
+    seed: u64,
+) -> Result<Settings> {
+    if prime_bars == 0 || bars == 0 || cases == 0 {
+        bail!("--prime-bars, --bars and --cases must be at least 1");
     }
     let settings = Settings {
-        bars: args.bars,
-        temperature: args.temperature,
-        top_p: args.top_p,
-        seed: args.seed,
+        bars,
+        temperature,
+        top_p,
+        seed,
         variations: 1,
     };
     settings.validate()?;
+    Ok(settings)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let settings = window_settings(
+        args.prime_bars,
+        args.bars,
+        args.cases,
+        args.temperature,
+        args.top_p,
+        args.seed,
+    )?;
     let files = windows::midi_files(&args.data)?;
     let model = load_model(args.model.clone(), args.adapter.as_deref())?;
     let decoder_alone = model.adapter.is_some().then(|| Model {

@@ -110,17 +110,14 @@ fn rows(notes: &[Note]) -> Vec<[u64; 4]> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if args.prime_bars == 0 || args.bars == 0 || args.cases == 0 {
-        bail!("--prime-bars, --bars and --cases must be at least 1");
-    }
-    let settings = Settings {
-        bars: args.bars,
-        temperature: args.temperature,
-        top_p: args.top_p,
-        seed: args.seed,
-        variations: 1,
-    };
-    settings.validate()?;
+    let settings = eval::window_settings(
+        args.prime_bars,
+        args.bars,
+        args.cases,
+        args.temperature,
+        args.top_p,
+        args.seed,
+    )?;
     let files = windows::midi_files(&args.data)?;
     let model = eval::load_model(args.model.clone(), args.adapter.as_deref())?;
     let tok = &model.tokenizer;
