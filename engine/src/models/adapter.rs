@@ -21,6 +21,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
+use super::blocks::{default_attn_dim_head, default_ff_mult};
 use super::blocks::{AttentionLayers, Linear, Path, StackConfig};
 use super::decoder::{validate_shape, Decoder};
 use super::kv_cache::KvCache;
@@ -30,12 +31,6 @@ fn default_depth() -> usize {
 }
 fn default_heads() -> usize {
     8
-}
-fn default_dim_head() -> usize {
-    64
-}
-fn default_ff_mult() -> usize {
-    4
 }
 
 /// The adapter's shape (`"adapter"` in `config.json`), in x-transformers' names.
@@ -51,7 +46,7 @@ pub struct AdapterConfig {
     #[serde(default = "default_heads")]
     pub heads: usize,
     /// Features per head (default 64).
-    #[serde(default = "default_dim_head")]
+    #[serde(default = "default_attn_dim_head")]
     pub attn_dim_head: usize,
     /// Feed-forward multiple (default 4).
     #[serde(default = "default_ff_mult")]

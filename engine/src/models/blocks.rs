@@ -30,6 +30,16 @@ pub enum Path {
 /// The epsilon of `torch.nn.LayerNorm`, which x-transformers' `LayerNorm` wraps.
 pub const LN_EPS: f64 = 1e-5;
 
+/// x-transformers' default `attn_dim_head`, for configs that leave it out.
+pub(crate) fn default_attn_dim_head() -> usize {
+    64
+}
+
+/// x-transformers' default `ff_mult`, for configs that leave it out.
+pub(crate) fn default_ff_mult() -> usize {
+    4
+}
+
 /// Initialisation used for fresh (not loaded) projection weights: GPT-2's N(0, 0.02).
 pub(crate) const W_INIT: Init = Init::Randn {
     mean: 0.0,

@@ -19,16 +19,10 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::blocks::{AttentionLayers, Linear, Path, StackConfig, W_INIT};
+use super::blocks::{
+    default_attn_dim_head, default_ff_mult, AttentionLayers, Linear, Path, StackConfig, W_INIT,
+};
 use super::kv_cache::KvCache;
-
-fn default_dim_head() -> usize {
-    64
-}
-
-fn default_ff_mult() -> usize {
-    4
-}
 
 /// The `Decoder(...)` arguments of the x-transformers model, under x-transformers' own names.
 /// Keys left out take x-transformers' defaults; other x-transformers options are refused.
@@ -42,7 +36,7 @@ pub struct DecoderConfig {
     /// Attention heads.
     pub heads: usize,
     /// Features per head (x-transformers' `attn_dim_head`, default 64).
-    #[serde(default = "default_dim_head")]
+    #[serde(default = "default_attn_dim_head")]
     pub attn_dim_head: usize,
     /// Feed-forward inner width as a multiple of `dim` (default 4).
     #[serde(default = "default_ff_mult")]

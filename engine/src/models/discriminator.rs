@@ -22,7 +22,8 @@ use candle_nn::{Embedding, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::blocks::{
-    key_padding_mask, softmax_plain, AttentionLayers, Linear, Path, StackConfig, W_INIT,
+    default_attn_dim_head, default_ff_mult, key_padding_mask, softmax_plain, AttentionLayers,
+    Linear, Path, StackConfig, W_INIT,
 };
 use super::decoder::validate_shape;
 
@@ -31,12 +32,6 @@ fn d_depth() -> usize {
 }
 fn d_heads() -> usize {
     8
-}
-fn d_dim_head() -> usize {
-    64
-}
-fn d_ff_mult() -> usize {
-    4
 }
 fn d_prime_depth() -> usize {
     2
@@ -61,9 +56,9 @@ pub struct DiscriminatorConfig {
     pub depth: usize,
     #[serde(default = "d_heads")]
     pub heads: usize,
-    #[serde(default = "d_dim_head")]
+    #[serde(default = "default_attn_dim_head")]
     pub attn_dim_head: usize,
-    #[serde(default = "d_ff_mult")]
+    #[serde(default = "default_ff_mult")]
     pub ff_mult: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotary_emb_dim: Option<usize>,
