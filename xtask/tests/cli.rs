@@ -1,30 +1,16 @@
 //! The command line as a user meets it: outputs on disk, and one clear error line with a
 //! non-zero exit status for bad input.
 
+mod common;
+
+use common::{root, xtask};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use engine::midi::Score;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("the xtask binary runs")
-}
-
 fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("continuator-cli-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::temp_dir("cli", tag)
 }
 
 /// The random tiny x-transformers fixture: real files, but a 64-token context.

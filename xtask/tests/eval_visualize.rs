@@ -2,6 +2,9 @@
 //! saved as a real model directory (1,024-token context, so continuations are real length),
 //! and the generated site opened in headless Chromium when it is installed (see e2e/).
 
+mod common;
+
+use common::{root, xtask};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -12,26 +15,8 @@ use engine::midi::Score;
 use engine::models::model_dir::save_safetensors;
 use engine::models::{Adapter, AdapterConfig, Decoder, ModelConfig};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("the xtask binary runs")
-}
-
 fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("continuator-eval-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::temp_dir("eval", tag)
 }
 
 fn tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
