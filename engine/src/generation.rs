@@ -442,7 +442,8 @@ impl<'m> Generator<'m> {
 
         let reusable = prefix.filter(|p| !p.ids.is_empty() && prime.ids.starts_with(&p.ids));
         let (mut cache, done, previous) = match reusable {
-            Some(p) => (p.cache.clone(), p.ids.len(), p.last_logits.clone()),
+            // A fork shares the prefix's positions instead of copying them.
+            Some(p) => (p.cache.fork()?, p.ids.len(), p.last_logits.clone()),
             None => (self.model.new_cache(capacity), 0, None),
         };
         let rest = &prime.ids[done..];
@@ -454,7 +455,7 @@ impl<'m> Generator<'m> {
             logits.narrow(1, rest.len() - 1, 1)?
         };
         let mut logits = if k > 1 { last.repeat((k, 1, 1))? } else { last };
-        let mut cache: ModelCache = if k > 1 { cache.repeat_batch(k)? } else { cache };
+        let mut cache: ModelCache = if k > 1 { cache.fork()? } else { cache };
         let mut stats = GenerationStats {
             prefill: started.elapsed(),
             ..Default::default()
@@ -474,6 +475,9 @@ impl<'m> Generator<'m> {
             })
             .collect();
         let mut sampler = Sampler::new(tok.vocab_size());
+        // Which run each row of the batch belongs to. A run that finishes leaves the batch, so
+        // the steps after it cost what the remaining runs need.
+        let mut active: Vec<usize> = (0..k).collect();
         let mut next_ids: Vec<TokenId> = vec![tok.pad_id(); k];
         let vocab = tok.vocab_size();
         let (bar, eos) = (tok.bar_id(), tok.eos_id());
@@ -484,10 +488,11 @@ impl<'m> Generator<'m> {
             }
             let mut stop = false;
             let sampling_started = Instant::now();
-            with_rows(&logits, vocab, |v, row| {
+            with_rows(&logits, vocab, |r, row| {
+                let v = active[r];
                 let run = &mut runs[v];
                 if run.done || stop {
-                    next_ids[v] = tok.pad_id();
+                    next_ids[r] = tok.pad_id();
                     return;
                 }
                 let mut allowed = self.grammar.allowed(&run.state);
@@ -520,13 +525,13 @@ impl<'m> Generator<'m> {
                     .unwrap_or(eos);
                 if last_bar && (id == bar || id == eos) {
                     run.done = true;
-                    next_ids[v] = tok.pad_id();
+                    next_ids[r] = tok.pad_id();
                     return;
                 }
                 self.grammar.advance_unchecked(&mut run.state, id);
                 run.ids.push(id);
                 stats.tokens += 1;
-                next_ids[v] = id;
+                next_ids[r] = id;
                 let token = tok.token(id).expect("sampled ids are allowed ids");
                 match token {
                     Token::Bar => {
@@ -563,7 +568,15 @@ impl<'m> Generator<'m> {
             if runs.iter().all(|r| r.done) {
                 break;
             }
-            let input = Tensor::from_slice(&next_ids, (k, 1), &device)?;
+            let keep: Vec<usize> = (0..active.len())
+                .filter(|&r| !runs[active[r]].done)
+                .collect();
+            if keep.len() < active.len() {
+                cache = cache.select_rows(&keep)?;
+                active = keep.iter().map(|&r| active[r]).collect();
+                next_ids = keep.iter().map(|&r| next_ids[r]).collect();
+            }
+            let input = Tensor::from_slice(&next_ids, (active.len(), 1), &device)?;
             logits = self.model.step(&input, &mut cache)?;
             stats.steps += 1;
         }

@@ -107,13 +107,69 @@ fn repeated_cache_decodes_variations() {
     model
         .step(&row.narrow(1, 0, 20).unwrap(), &mut cache)
         .unwrap();
-    let mut batch = cache.repeat_batch(3).unwrap();
+    let mut batch = cache.fork().unwrap();
     let next = row.narrow(1, 20, 1).unwrap().repeat((3, 1)).unwrap();
     let out = model.step(&next, &mut batch).unwrap();
     assert_eq!(out.dims(), &[3, 1, 373]);
     for b in 0..3 {
         let d = max_abs_diff(&out.i(b).unwrap(), &logits.i((0, 20..21)).unwrap());
         assert!(d <= 1e-4, "variation {b} differs by {d}");
+    }
+}
+
+#[test]
+fn forked_cache_prefills_and_steps_like_one_cache() {
+    // A fork shares the original's positions: prefilling more than one token after them (the
+    // general attention path) and then stepping (the decoding kernel), for one and for three
+    // sequences, must give the full forward's logits. Forking a fork, and extending the original
+    // after forking it, must not disturb either.
+    for precision in [Precision::F32, Precision::Q8] {
+        let model = load(precision);
+        let (tokens, _) = expected();
+        let row = tokens.i(0..1).unwrap();
+        let full = model.decoder.forward(&row, None).unwrap();
+        let mut cache = model.new_cache(16);
+        model
+            .step(&row.narrow(1, 0, 12).unwrap(), &mut cache)
+            .unwrap();
+        let mut fork = cache.fork().unwrap();
+        let prefill = model
+            .step(&row.narrow(1, 12, 8).unwrap(), &mut fork)
+            .unwrap();
+        // The original goes on elsewhere; the fork must not see it.
+        model
+            .step(
+                &tokens.i(1..2).unwrap().narrow(1, 12, 5).unwrap(),
+                &mut cache,
+            )
+            .unwrap();
+        let mut outs = vec![prefill];
+        for p in 20..30 {
+            outs.push(
+                model
+                    .step(&row.narrow(1, p, 1).unwrap(), &mut fork)
+                    .unwrap(),
+            );
+        }
+        let d = max_abs_diff(
+            &Tensor::cat(&outs, 1).unwrap(),
+            &full.narrow(1, 12, 18).unwrap(),
+        );
+        assert!(d <= 1e-3, "{precision:?}: forked decoding differs by {d}");
+
+        let mut three = fork.fork().unwrap();
+        for p in 30..40 {
+            let next = row.narrow(1, p, 1).unwrap().repeat((3, 1)).unwrap();
+            let out = model.step(&next, &mut three).unwrap();
+            for b in 0..3 {
+                let d = max_abs_diff(&out.i(b).unwrap(), &full.i((0, p..p + 1)).unwrap());
+                assert!(
+                    d <= 1e-3,
+                    "{precision:?}: sequence {b} at {p} differs by {d}"
+                );
+            }
+        }
+        assert_eq!(three.len(), 40);
     }
 }
 

@@ -15,6 +15,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
+use super::decode_attention::decode_attention;
 use super::kv_cache::LayerCache;
 use super::small_matmul::{self, SmallMatmul};
 
@@ -426,7 +427,7 @@ impl Attention {
         context: Option<&Tensor>,
         mask: Option<&Tensor>,
         rotary: Option<&RotaryTables>,
-        cache: Option<&mut LayerCache>,
+        mut cache: Option<&mut LayerCache>,
         path: Path,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
@@ -437,6 +438,13 @@ impl Attention {
         if let (Some(rot), None) = (rotary, context) {
             q = rot.apply(&q, path)?;
             k = rot.apply(&k, path)?;
+        }
+        if let Some(c) = cache.as_deref_mut() {
+            if path == Path::Fused && t == 1 && mask.is_none() && one_query_kernel(&q) {
+                c.push(&k, &v)?;
+                let out = decode_attention(&q, &c.segments()?, self.scale as f32)?;
+                return self.to_out.forward(&out);
+            }
         }
         let (k, v) = match cache {
             Some(c) => c.append(&k, &v)?,
@@ -455,6 +463,11 @@ impl Attention {
             .reshape((b, t, self.heads * self.dim_head))?;
         self.to_out.forward(&out)
     }
+}
+
+/// Whether a decoding step's attention can take the [`decode_attention`] kernel (f32 on the CPU).
+fn one_query_kernel(q: &Tensor) -> bool {
+    q.device().is_cpu() && q.dtype() == DType::F32
 }
 
 /// x-transformers' GLU feed-forward: `proj` to `2 · inner`, split into value and gate halves,

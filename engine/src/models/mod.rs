@@ -26,6 +26,7 @@
 
 pub mod adapter;
 mod blocks;
+mod decode_attention;
 pub mod decoder;
 pub mod discriminator;
 mod error;

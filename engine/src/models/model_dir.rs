@@ -243,15 +243,25 @@ impl ModelCache {
         }
     }
 
-    /// Repeats a batch-1 cache `n` times (prefill a prime once, decode `n` variations).
-    pub fn repeat_batch(&self, n: usize) -> candle_core::Result<Self> {
+    /// The same cache for the sequences `rows` of its batch only, in that order (a finished
+    /// variation leaves the batch); see [`KvCache::select_rows`].
+    pub fn select_rows(&self, rows: &[usize]) -> candle_core::Result<Self> {
         Ok(Self {
-            decoder: self.decoder.repeat_batch(n)?,
+            decoder: self.decoder.select_rows(rows)?,
             adapter: self
                 .adapter
                 .as_ref()
-                .map(|a| a.repeat_batch(n))
+                .map(|a| a.select_rows(rows))
                 .transpose()?,
+        })
+    }
+
+    /// A cache continuing this batch-1 one, for as many sequences as the next step feeds
+    /// (prefill a prime once, decode K variations); see [`KvCache::fork`].
+    pub fn fork(&self) -> candle_core::Result<Self> {
+        Ok(Self {
+            decoder: self.decoder.fork()?,
+            adapter: self.adapter.as_ref().map(KvCache::fork).transpose()?,
         })
     }
 }
@@ -372,6 +382,10 @@ impl Model {
     /// `(b, t, num_tokens)`: the adapter's when one is loaded, else the decoder's. `t > 1` is a
     /// prefill, `t = 1` one decoding step for every sequence of the batch.
     pub fn step(&self, ids: &Tensor, cache: &mut ModelCache) -> candle_core::Result<Tensor> {
+        in_pool(self.decoder.device(), || self.step_here(ids, cache))
+    }
+
+    fn step_here(&self, ids: &Tensor, cache: &mut ModelCache) -> candle_core::Result<Tensor> {
         match (&self.adapter, &mut cache.adapter) {
             (Some(adapter), Some(acache)) => {
                 let h = self.decoder.forward_hidden(
@@ -397,6 +411,20 @@ impl Model {
             ),
             None => self.decoder.forward(ids, None),
         }
+    }
+}
+
+/// Runs `f` on a thread of candle's CPU thread pool (inline when already on one).
+///
+/// A decoding step is some thirty small kernels (norms, rotary, softmax) that each split their
+/// rows with rayon. Called from a thread outside the pool, every one of them hands its work to a
+/// pool thread and sleeps until it is done: two context switches per kernel, which on one core
+/// cost as much as the step's arithmetic. From inside the pool they run inline or split directly.
+pub(crate) fn in_pool<R: Send>(dev: &Device, f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        dev.with_context(f)
     }
 }
 
