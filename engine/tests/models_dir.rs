@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use engine::models::{Error, LoadOptions, Model, ModelConfig};
+use engine::models::{Error, LoadOptions, Model, ModelConfig, ModelFiles};
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/models/tiny_xt")
@@ -314,4 +314,49 @@ fn bad_adapter_and_discriminator_files() {
     let e = Model::load(&s.0, &opts).unwrap_err();
     assert!(matches!(e, Error::MissingTensor { .. }), "{e}");
     assert_names(&e, "discriminator.safetensors", Some("prime_encoder."));
+}
+
+#[test]
+fn a_model_held_in_memory_loads_like_its_directory_and_names_its_label_in_errors() {
+    let dir = fixture_dir();
+    let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+    let (config, tokenizer) = (
+        String::from_utf8(read("config.json")).unwrap(),
+        String::from_utf8(read("tokenizer.json")).unwrap(),
+    );
+    let decoder = read("decoder.safetensors");
+    let label = Path::new("<embedded model>");
+    let files = ModelFiles {
+        dir: label,
+        config: &config,
+        tokenizer: &tokenizer,
+        decoder: &decoder,
+    };
+    let opts = LoadOptions::default();
+    let from_memory = Model::from_files(&files, &opts).unwrap();
+    let from_disk = Model::load(&dir, &opts).unwrap();
+    let ids = Tensor::new(&[[1u32, 4, 40, 100, 200]], &Device::Cpu).unwrap();
+    let diff = (from_memory.forward(&ids).unwrap() - from_disk.forward(&ids).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(diff, 0.0);
+
+    let truncated = ModelFiles {
+        decoder: &decoder[..decoder.len() / 2],
+        ..files
+    };
+    let e = Model::from_files(&truncated, &opts).unwrap_err();
+    assert!(matches!(e, Error::Safetensors { .. }), "{e}");
+    assert_names(&e, "<embedded model>/decoder.safetensors", None);
+    let bad_config = ModelFiles {
+        config: "{ not json",
+        ..files
+    };
+    let e = Model::from_files(&bad_config, &opts).unwrap_err();
+    assert_names(&e, "<embedded model>/config.json", None);
 }

@@ -1,6 +1,5 @@
 //! Takeover latency: from a trigger (the inference thread calling the continuer) to the first
-//! continuation note ready, with the model in `CONTINUATOR_MODEL_DIR` (or `assets/model`); without
-//! one, a random-weight tiny model stands in and the numbers only measure the plumbing.
+//! continuation note ready, with the plugin's built-in model (or the one in `CONTINUATOR_MODEL_DIR`).
 //! Measured cold (the whole prime prefilled at the trigger) and warm (the listening window
 //! already prefilled, as the inference thread does bar by bar while the musician plays).
 //!
@@ -9,31 +8,14 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use candle_core::Device;
 use continuator::continuer::{ContinueRequest, Continuer, GridNote, Prime};
-use continuator::engine_continuer::{default_model_dir, EngineContinuer};
+use continuator::engine_continuer::{EngineContinuer, ModelSource};
 use continuator::time::{Ticks, TimeSignature};
-use engine::models::{Model, ModelConfig};
-use engine::tokenizer::Tokenizer;
-
-fn tiny_model() -> Model {
-    let mut config = ModelConfig::tiny();
-    config.max_seq_len = 1024;
-    Model::random(config, Tokenizer::reference(), &Device::Cpu).expect("a random tiny model")
-}
 
 fn main() {
-    let dir = default_model_dir();
-    let (mut continuer, which) = match EngineContinuer::load(&dir, None) {
-        Ok(continuer) => (continuer, format!("model at {}", dir.display())),
-        Err(err) => {
-            eprintln!("{err}; using a random tiny model");
-            (
-                EngineContinuer::from_model(tiny_model()).unwrap(),
-                "random tiny model".to_string(),
-            )
-        }
-    };
+    let source = ModelSource::from_env();
+    let mut continuer = EngineContinuer::load(&source, None).expect("the model loads");
+    let which = source.to_string();
     // Four bars of eighth notes in 4/4, continued from the next bar line for four bars.
     let sig = TimeSignature::default();
     let notes = (0..32)

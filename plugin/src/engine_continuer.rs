@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use engine::generation::{GenerationError, Generator, Prefix, Prime, Settings};
 use engine::midi::{Note, Score, TimeSignatureChange};
-use engine::models::{LoadOptions, Model, Precision};
+use engine::models::{LoadOptions, Model, ModelFiles, Precision};
 
 use crate::continuer::{ContinueError, ContinueRequest, Continuer, GridNote};
 use crate::time::{Ticks, TICKS_PER_BEAT};
@@ -23,31 +23,76 @@ pub struct EngineContinuer {
     prefix: Option<Prefix>,
 }
 
-/// Where the embedded default model lives: `CONTINUATOR_MODEL_DIR` if set, else the repository's
-/// `assets/model` (the plugin does not embed the weights in its binary yet).
-pub fn default_model_dir() -> PathBuf {
-    std::env::var_os("CONTINUATOR_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/model"))
+/// Where the model comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// The default model (`assets/model` when the plugin was built), compiled into the plugin
+    /// binary, so a bundle copied to another machine or into a host's plugin folder has it.
+    Embedded,
+    /// A model directory on disk.
+    Dir(PathBuf),
+}
+
+impl ModelSource {
+    /// `CONTINUATOR_MODEL_DIR` when set (to try another model without rebuilding), else the
+    /// embedded default.
+    pub fn from_env() -> Self {
+        match std::env::var_os("CONTINUATOR_MODEL_DIR") {
+            Some(dir) => Self::Dir(PathBuf::from(dir)),
+            None => Self::Embedded,
+        }
+    }
+}
+
+impl std::fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Embedded => f.write_str("the built-in model"),
+            Self::Dir(dir) => write!(f, "the model at {}", dir.display()),
+        }
+    }
+}
+
+/// The default model's files, read at build time.
+mod embedded {
+    pub const CONFIG: &str = include_str!("../../assets/model/config.json");
+    pub const TOKENIZER: &str = include_str!("../../assets/model/tokenizer.json");
+    pub const DECODER: &[u8] = include_bytes!("../../assets/model/decoder.safetensors");
 }
 
 impl EngineContinuer {
     /// Loads the model (8-bit weights, the fast CPU path) and the user's adapter, if any.
-    pub fn load(dir: &Path, adapter: Option<&Path>) -> Result<EngineContinuer, ContinueError> {
-        if !dir.join("config.json").exists() {
-            return Err(ContinueError::NoModel(format!(
-                "no model at {}",
-                dir.display()
-            )));
-        }
+    pub fn load(
+        source: &ModelSource,
+        adapter: Option<&Path>,
+    ) -> Result<EngineContinuer, ContinueError> {
         let opts = LoadOptions {
             precision: Precision::Q8,
             adapter: adapter.is_none(),
             ..LoadOptions::default()
         };
-        let fail =
-            |e: &dyn std::fmt::Display| ContinueError::NoModel(format!("{}: {e}", dir.display()));
-        let mut model = Model::load(dir, &opts).map_err(|e| fail(&e))?;
+        let fail = |e: &dyn std::fmt::Display| ContinueError::NoModel(format!("{source}: {e}"));
+        let mut model = match source {
+            ModelSource::Embedded => {
+                let files = ModelFiles {
+                    dir: Path::new("built-in model"),
+                    config: embedded::CONFIG,
+                    tokenizer: embedded::TOKENIZER,
+                    decoder: embedded::DECODER,
+                };
+                Model::from_files(&files, &opts)
+            }
+            ModelSource::Dir(dir) => {
+                if !dir.join("config.json").exists() {
+                    return Err(ContinueError::NoModel(format!(
+                        "no model at {}",
+                        dir.display()
+                    )));
+                }
+                Model::load(dir, &opts)
+            }
+        }
+        .map_err(|e| fail(&e))?;
         if let Some(adapter) = adapter {
             model.load_adapter(adapter, &opts).map_err(|e| fail(&e))?;
         }
@@ -254,6 +299,43 @@ mod tests {
                 "streamed in onset order"
             );
         }
+    }
+
+    #[test]
+    fn the_built_in_model_loads_and_continues_without_any_file() {
+        // Whatever the environment says, the embedded model needs nothing on disk: this is what
+        // a bundle copied to another machine runs.
+        let mut continuer = EngineContinuer::load(&ModelSource::Embedded, None).unwrap();
+        assert_eq!(continuer.model.dir, Path::new("built-in model"));
+        for sig in [
+            TimeSignature::new(4, 4).unwrap(),
+            TimeSignature::new(3, 4).unwrap(),
+        ] {
+            let request = request(sig);
+            let notes = continue_with(&mut continuer, &request);
+            assert!(!notes.is_empty(), "the trained model answers in {sig:?}");
+            let end = request.start.0 + request.length.0;
+            assert!(notes.iter().all(|n| n.onset >= request.start
+                && n.onset.0 < end
+                && (21..=108).contains(&n.key)));
+        }
+    }
+
+    #[test]
+    fn a_missing_model_directory_or_adapter_is_named_in_the_error() {
+        let dir = std::env::temp_dir().join("continuator-no-such-model");
+        let err = EngineContinuer::load(&ModelSource::Dir(dir.clone()), None)
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains(&dir.display().to_string()),
+            "{err}"
+        );
+        let adapter = dir.join("style.safetensors");
+        let err = EngineContinuer::load(&ModelSource::Embedded, Some(&adapter))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("style.safetensors"), "{err}");
     }
 
     #[test]

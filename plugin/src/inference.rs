@@ -477,8 +477,9 @@ mod tests {
                 Box::new(move || Ok(Box::new(continuer) as Box<dyn Continuer>))
             } else {
                 Box::new(|| {
-                    let dir = std::path::Path::new("/nonexistent/continuator-model");
-                    let continuer = crate::engine_continuer::EngineContinuer::load(dir, None)?;
+                    let dir = std::path::PathBuf::from("/nonexistent/continuator-model");
+                    let source = crate::engine_continuer::ModelSource::Dir(dir);
+                    let continuer = crate::engine_continuer::EngineContinuer::load(&source, None)?;
                     Ok(Box::new(continuer) as Box<dyn Continuer>)
                 })
             };

@@ -1,8 +1,9 @@
 //! Loading the model the inference thread continues with.
 //!
-//! When there is no model to load (none trained and exported to `assets/model` yet, or a broken
-//! adapter file), the plugin says so in its status rather than pretending: it keeps listening and
-//! passing MIDI through, and generates nothing.
+//! The default model is built into the plugin (see [`crate::engine_continuer::ModelSource`]).
+//! When a model cannot be loaded (a broken adapter file, or a `CONTINUATOR_MODEL_DIR` without
+//! one), the plugin says so in its status rather than pretending: it keeps listening and passing
+//! MIDI through, and generates nothing.
 
 use crate::inference::Loader;
 
@@ -10,9 +11,9 @@ use crate::inference::Loader;
 #[cfg(not(feature = "test-continuer"))]
 pub fn loader(adapter_path: Option<String>) -> Loader {
     Box::new(move || {
-        let dir = crate::engine_continuer::default_model_dir();
+        let source = crate::engine_continuer::ModelSource::from_env();
         let adapter = adapter_path.as_deref().map(std::path::Path::new);
-        let continuer = crate::engine_continuer::EngineContinuer::load(&dir, adapter)?;
+        let continuer = crate::engine_continuer::EngineContinuer::load(&source, adapter)?;
         Ok(Box::new(continuer) as Box<dyn crate::continuer::Continuer>)
     })
 }

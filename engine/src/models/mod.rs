@@ -43,5 +43,5 @@ pub use discriminator::{
 };
 pub use error::{Error, Result};
 pub use kv_cache::KvCache;
-pub use model_dir::{LoadOptions, Model, ModelCache, ModelConfig, Precision};
+pub use model_dir::{LoadOptions, Model, ModelCache, ModelConfig, ModelFiles, Precision};
 pub use score::{mean_nll, NllScore};

@@ -208,6 +208,17 @@ impl Default for LoadOptions {
     }
 }
 
+/// The contents of a model directory's required files (`config.json`, `tokenizer.json`,
+/// `decoder.safetensors`), for [`Model::from_files`]; `dir` is where they came from (or a label
+/// such as "embedded model"), used to name them in errors.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelFiles<'a> {
+    pub dir: &'a Path,
+    pub config: &'a str,
+    pub tokenizer: &'a str,
+    pub decoder: &'a [u8],
+}
+
 /// A loaded model directory.
 #[derive(Debug, Clone)]
 pub struct Model {
@@ -270,35 +281,24 @@ impl Model {
     /// Loads and checks a model directory (see the module docs for the format).
     pub fn load(dir: impl AsRef<Path>, opts: &LoadOptions) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
-        let config = ModelConfig::from_file(&dir.join(CONFIG_FILE))?;
-        let tok_file = dir.join(TOKENIZER_FILE);
-        let tokenizer = Tokenizer::from_file(&tok_file).map_err(|e| Error::Config {
-            file: tok_file.clone(),
-            reason: format!("cannot load the tokenizer: {e}"),
-        })?;
-        if tokenizer.vocab_size() != config.num_tokens {
-            return Err(Error::VocabSize {
-                file: tok_file,
-                expected: config.num_tokens,
-                found: tokenizer.vocab_size(),
-            });
-        }
-        let dtype = opts.precision.dtype();
-        let dev = &opts.device;
-        let decoder = load_decoder(&dir.join(DECODER_FILE), &config, dtype, dev)?;
-        let decoder = if opts.precision == Precision::Q8 {
-            decoder.quantize()?
-        } else {
-            decoder
+        let read = |name: &str| {
+            let file = dir.join(name);
+            std::fs::read(&file).map_err(|source| Error::Io { file, source })
         };
-        let mut model = Self {
-            dir: dir.clone(),
-            config,
-            tokenizer,
-            decoder,
-            adapter: None,
-            discriminator: None,
+        let text = |name: &str| {
+            let bytes = read(name)?;
+            String::from_utf8(bytes).map_err(|e| Error::Config {
+                file: dir.join(name),
+                reason: format!("not UTF-8 text: {e}"),
+            })
         };
+        let files = ModelFiles {
+            dir: &dir,
+            config: &text(CONFIG_FILE)?,
+            tokenizer: &text(TOKENIZER_FILE)?,
+            decoder: &read(DECODER_FILE)?,
+        };
+        let mut model = Self::from_files(&files, opts)?;
         let adapter_file = dir.join(ADAPTER_FILE);
         if opts.adapter && adapter_file.exists() {
             model.load_adapter(&adapter_file, opts)?;
@@ -311,11 +311,50 @@ impl Model {
             })?;
             let specs = Discriminator::tensor_specs(model.config.num_tokens, &cfg);
             // The discriminator trains: never quantized.
+            let dtype = opts.precision.dtype();
+            let dev = &opts.device;
             let tensors = load_checked(&disc_file, &specs, dtype, dev)?;
             let vb = VarBuilder::from_tensors(tensors, dtype, dev);
             model.discriminator = Some(Discriminator::new(model.config.num_tokens, &cfg, vb)?);
         }
         Ok(model)
+    }
+
+    /// Builds a model from the contents of a model directory's three required files, checked
+    /// as [`Model::load`] checks them (errors name `files.dir`'s files). This is how a program
+    /// ships a model inside its binary (`include_bytes!`): the plugin embeds the default model
+    /// so that a bundle copied onto another machine still has it.
+    pub fn from_files(files: &ModelFiles<'_>, opts: &LoadOptions) -> Result<Self> {
+        let dir = files.dir.to_path_buf();
+        let config = ModelConfig::from_json(files.config, &dir.join(CONFIG_FILE))?;
+        let tok_file = dir.join(TOKENIZER_FILE);
+        let tokenizer = Tokenizer::from_json(files.tokenizer).map_err(|e| Error::Config {
+            file: tok_file.clone(),
+            reason: format!("cannot load the tokenizer: {e}"),
+        })?;
+        if tokenizer.vocab_size() != config.num_tokens {
+            return Err(Error::VocabSize {
+                file: tok_file,
+                expected: config.num_tokens,
+                found: tokenizer.vocab_size(),
+            });
+        }
+        let dtype = opts.precision.dtype();
+        let dev = &opts.device;
+        let decoder = load_decoder(&dir.join(DECODER_FILE), files.decoder, &config, dtype, dev)?;
+        let decoder = if opts.precision == Precision::Q8 {
+            decoder.quantize()?
+        } else {
+            decoder
+        };
+        Ok(Self {
+            dir,
+            config,
+            tokenizer,
+            decoder,
+            adapter: None,
+            discriminator: None,
+        })
     }
 
     /// A model with random (N(0, 0.02)) decoder weights and no adapter, for tests and speed
@@ -428,9 +467,15 @@ pub(crate) fn in_pool<R: Send>(dev: &Device, f: impl FnOnce() -> R + Send) -> R 
     }
 }
 
-fn load_decoder(file: &Path, cfg: &ModelConfig, dtype: DType, dev: &Device) -> Result<Decoder> {
+fn load_decoder(
+    file: &Path,
+    bytes: &[u8],
+    cfg: &ModelConfig,
+    dtype: DType,
+    dev: &Device,
+) -> Result<Decoder> {
     let specs = Decoder::tensor_specs(cfg.num_tokens, &cfg.decoder);
-    let mut tensors = load_checked(file, &specs, dtype, dev)?;
+    let mut tensors = check_tensors(file, bytes, &specs, dtype, dev)?;
     let vb_tensors = std::mem::take(&mut tensors);
     let decoder = Decoder::new(
         cfg.num_tokens,
@@ -482,7 +527,19 @@ pub fn load_checked(
         file: file.to_path_buf(),
         source,
     })?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors {
+    check_tensors(file, &bytes, specs, dtype, device)
+}
+
+/// [`load_checked`] on a safetensors file's contents already in memory (`file` names it in
+/// errors).
+pub fn check_tensors(
+    file: &Path,
+    bytes: &[u8],
+    specs: &[(String, Vec<usize>)],
+    dtype: DType,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors {
         file: file.to_path_buf(),
         reason: e.to_string(),
     })?;
