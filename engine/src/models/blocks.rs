@@ -8,14 +8,17 @@
 //!
 //! Every block has two forward paths. The *fused* path uses candle's fast kernels (`rope_i`,
 //! `layer_norm`, `softmax_last_dim`) and is for inference only: those kernels silently return
-//! no gradient (see `shared/notes/candle-cpu-training.md`). The *plain* path is built from
-//! ordinary tensor ops that candle can differentiate, and is what every training loop must use.
+//! no gradient (see `shared/notes/candle-cpu-training.md`). The *plain* path is what every
+//! training loop must use: on the CPU in f32/f64 it runs the custom ops of [`super::fused`], which
+//! carry their own backward, and elsewhere the same layers built from ordinary tensor ops that
+//! candle can differentiate (`*_plain` below, also the fused ops' reference in tests).
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use super::decode_attention::decode_attention;
+use super::fused;
 use super::kv_cache::LayerCache;
 use super::small_matmul::{self, SmallMatmul};
 
@@ -122,21 +125,7 @@ fn small_batch(x: &Tensor, weight: &Tensor) -> bool {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (y, bias) = match self {
-            Self::Plain { weight, bias } => {
-                let y = match x.dims() {
-                    [b, t, k] => {
-                        let x2 = x.reshape((b * t, *k))?;
-                        let y2 = if small_batch(&x2, weight) {
-                            x2.contiguous()?.apply_op2_no_bwd(weight, &SmallMatmul)?
-                        } else {
-                            x2.matmul(&weight.t()?)?
-                        };
-                        y2.reshape((*b, *t, ()))?
-                    }
-                    _ => x.broadcast_matmul(&weight.t()?)?,
-                };
-                (y, bias)
-            }
+            Self::Plain { weight, bias } => (plain_matmul(x, weight)?, bias),
             Self::Quantized { weight, bias } => {
                 let dtype = x.dtype();
                 let y = weight.forward(&x.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
@@ -144,9 +133,28 @@ impl Module for Linear {
             }
         };
         match bias {
+            // Training: the same sums as `broadcast_add`, but the bias gradient is a fast row
+            // sum rather than candle's strided reduction over the leading dimensions.
+            Some(b) if y.track_op() && fused::supports(&y) => fused::bias_add(&y, b),
             Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
             None => Ok(y),
         }
+    }
+}
+
+/// `x · weightᵀ` for a dense weight, without bias.
+fn plain_matmul(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    match x.dims() {
+        [b, t, k] => {
+            let x2 = x.reshape((b * t, *k))?;
+            let y2 = if small_batch(&x2, weight) {
+                x2.contiguous()?.apply_op2_no_bwd(weight, &SmallMatmul)?
+            } else {
+                x2.matmul(&weight.t()?)?
+            };
+            y2.reshape((*b, *t, ()))
+        }
+        _ => x.broadcast_matmul(&weight.t()?),
     }
 }
 
@@ -186,19 +194,29 @@ impl LayerNorm {
             let gain = (&self.gamma + 1.0)?;
             return candle_nn::ops::layer_norm(&x, &gain, &self.zero_bias, LN_EPS as f32);
         }
-        // Reduced precision is normalised in f32: f16 sums of squares overflow easily.
-        let internal = match dtype {
-            DType::F16 | DType::BF16 => DType::F32,
-            d => d,
-        };
-        let x = x.to_dtype(internal)?;
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = xc.broadcast_div(&(var + LN_EPS)?.sqrt()?)?;
-        let gain = (self.gamma.to_dtype(internal)? + 1.0)?;
-        normed.broadcast_mul(&gain)?.to_dtype(dtype)
+        if fused::supports(x) && self.gamma.dtype() == dtype {
+            return fused::layer_norm(x, &self.gamma, LN_EPS);
+        }
+        layer_norm_plain(x, &self.gamma)
     }
+}
+
+/// [`LayerNorm`] from plain tensor ops (differentiable): the fallback where the fused op does
+/// not run, and its reference in tests.
+pub(crate) fn layer_norm_plain(x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
+    let dtype = x.dtype();
+    // Reduced precision is normalised in f32: f16 sums of squares overflow easily.
+    let internal = match dtype {
+        DType::F16 | DType::BF16 => DType::F32,
+        d => d,
+    };
+    let x = x.to_dtype(internal)?;
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = xc.broadcast_div(&(var + LN_EPS)?.sqrt()?)?;
+    let gain = (gamma.to_dtype(internal)? + 1.0)?;
+    normed.broadcast_mul(&gain)?.to_dtype(dtype)
 }
 
 /// Numerically stable softmax over the last dimension from plain ops (differentiable).
@@ -209,10 +227,20 @@ pub(crate) fn softmax_plain(x: &Tensor) -> Result<Tensor> {
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
-fn softmax(x: &Tensor, path: Path) -> Result<Tensor> {
+/// Attention weights: softmax over the keys of `scores + mask` (the mask is additive).
+fn softmax(scores: &Tensor, mask: Option<&Tensor>, path: Path) -> Result<Tensor> {
+    // The plain path's own op takes the mask too, so that the `(b, heads, t, t)` sum is never
+    // materialised and differentiated (candle would compute a gradient for the constant mask).
+    if path == Path::Plain && fused::supports(scores) {
+        return fused::softmax_last_dim(scores, mask);
+    }
+    let scores = match mask {
+        Some(m) => scores.broadcast_add(m)?,
+        None => scores.clone(),
+    };
     match path {
-        Path::Fused => candle_nn::ops::softmax_last_dim(x),
-        Path::Plain => softmax_plain(x),
+        Path::Fused => candle_nn::ops::softmax_last_dim(&scores),
+        Path::Plain => softmax_plain(&scores),
     }
 }
 
@@ -278,8 +306,8 @@ impl Rotary {
 /// Precomputed rotary angles for one forward call (shared by every layer).
 #[derive(Debug, Clone)]
 pub(crate) struct RotaryTables {
-    cos: Tensor,
-    sin: Tensor,
+    pub(crate) cos: Tensor,
+    pub(crate) sin: Tensor,
 }
 
 impl RotaryTables {
@@ -287,20 +315,25 @@ impl RotaryTables {
     fn apply(&self, x: &Tensor, path: Path) -> Result<Tensor> {
         match path {
             Path::Fused => candle_nn::rotary_emb::rope_i(&x.contiguous()?, &self.cos, &self.sin),
-            Path::Plain => {
-                let (b, h, t, d) = x.dims4()?;
-                let half = d / 2;
-                let cos = self.cos.reshape((1, 1, t, half, 1))?;
-                let sin = self.sin.reshape((1, 1, t, half, 1))?;
-                let r = x.reshape((b, h, t, half, 2))?;
-                let x0 = r.narrow(D::Minus1, 0, 1)?;
-                let x1 = r.narrow(D::Minus1, 1, 1)?;
-                let y0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
-                let y1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
-                Tensor::cat(&[y0, y1], D::Minus1)?.reshape((b, h, t, d))
-            }
+            Path::Plain if fused::supports(x) => fused::rotary(x, &self.cos, &self.sin),
+            Path::Plain => rotary_plain(x, &self.cos, &self.sin),
         }
     }
+}
+
+/// Interleaved rotary embedding of `x` (`(b, heads, t, dim_head)`) from plain tensor ops
+/// (differentiable): the fallback where the fused op does not run, and its reference in tests.
+pub(crate) fn rotary_plain(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (b, h, t, d) = x.dims4()?;
+    let half = d / 2;
+    let cos = cos.reshape((1, 1, t, half, 1))?;
+    let sin = sin.reshape((1, 1, t, half, 1))?;
+    let r = x.reshape((b, h, t, half, 2))?;
+    let x0 = r.narrow(D::Minus1, 0, 1)?;
+    let x1 = r.narrow(D::Minus1, 1, 1)?;
+    let y0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
+    let y1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
+    Tensor::cat(&[y0, y1], D::Minus1)?.reshape((b, h, t, d))
 }
 
 /// Shape of one `AttentionLayers` stack, resolved from a network's config.
@@ -452,11 +485,7 @@ impl Attention {
         };
         let q = (q * self.scale)?;
         let scores = q.matmul(&k.t()?)?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
-        };
-        let attn = softmax(&scores, path)?;
+        let attn = softmax(&scores, mask, path)?;
         let out = attn.matmul(&v)?;
         let out = out
             .transpose(1, 2)?
@@ -502,13 +531,29 @@ impl FeedForward {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.proj.forward(x)?;
-        let value = h.narrow(D::Minus1, 0, self.inner)?;
-        // gelu_erf is single-threaded on strided input; a copy first is much faster.
-        let gate = h.narrow(D::Minus1, self.inner, self.inner)?.contiguous()?;
-        self.out.forward(&(value * gate.gelu_erf()?)?)
+    fn forward(&self, x: &Tensor, path: Path) -> Result<Tensor> {
+        let act = match &self.proj {
+            // Training: the projection's bias and the activation in one op with one backward.
+            Linear::Plain {
+                weight,
+                bias: Some(bias),
+            } if path == Path::Plain && fused::supports(x) && weight.dtype() == x.dtype() => {
+                fused::gelu_glu(&plain_matmul(x, weight)?, bias)?
+            }
+            _ => gelu_glu_plain(&self.proj.forward(x)?, self.inner)?,
+        };
+        self.out.forward(&act)
     }
+}
+
+/// `value · gelu(gate)` from the two halves of `h` (`(…, 2 · inner)`) with plain tensor ops:
+/// the inference path, the fallback where the fused op does not run, and its reference in
+/// tests.
+pub(crate) fn gelu_glu_plain(h: &Tensor, inner: usize) -> Result<Tensor> {
+    let value = h.narrow(D::Minus1, 0, inner)?;
+    // gelu_erf is single-threaded on strided input; a copy first is much faster.
+    let gate = h.narrow(D::Minus1, inner, inner)?.contiguous()?;
+    value * gate.gelu_erf()?
 }
 
 #[derive(Debug, Clone)]
@@ -644,7 +689,7 @@ impl AttentionLayers {
                 x = (x + h)?;
             }
             let h = block.ff_norm.forward(&x, path)?;
-            x = (x + block.ff.forward(&h)?)?;
+            x = (x + block.ff.forward(&h, path)?)?;
         }
         Ok(x)
     }

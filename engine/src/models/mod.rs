@@ -30,6 +30,7 @@ mod decode_attention;
 pub mod decoder;
 pub mod discriminator;
 mod error;
+mod fused;
 pub mod kv_cache;
 pub mod model_dir;
 pub mod score;
