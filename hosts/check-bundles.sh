@@ -3,7 +3,9 @@
 #
 # The bundles are built in debug (so nice-plug's `assert_process_allocs` aborts on any allocation
 # in `process`) with the `test-continuer` feature (a scripted continuation stands in for the model,
-# so playback is checked end to end). The product bundle is rebuilt afterwards:
+# so playback is checked exactly, at 8x real time), then again without it: the real built-in
+# model, played in real time, has to answer on the bar line after the musician's pause. The
+# product bundle is rebuilt afterwards:
 #   cargo xtask bundle continuator --release
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,3 +13,6 @@ cargo xtask bundle continuator --features test-continuer
 cargo build -p continuator-clap-host -p continuator-vst3-host
 target/debug/continuator-clap-host target/bundled/Continuator.clap --require-continuation
 target/debug/continuator-vst3-host target/bundled/Continuator.vst3 --require-continuation
+cargo xtask bundle continuator
+target/debug/continuator-clap-host target/bundled/Continuator.clap --model-continuation
+target/debug/continuator-vst3-host target/bundled/Continuator.vst3 --model-continuation

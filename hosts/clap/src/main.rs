@@ -3,7 +3,9 @@
 //! MIDI does not pass through, a continuation is off its bar line or grid, or a note hangs.
 //!
 //! `cargo run -p continuator-clap-host -- target/bundled/Continuator.clap`; add
-//! `--require-continuation` once the plugin has a model, so that silence counts as a failure.
+//! `--require-continuation` for a `test-continuer` build (a scripted continuation that must start
+//! exactly on the bar line) or `--model-continuation` for a build with the model (a continuation
+//! must come, on or after the bar line), so that silence counts as a failure.
 
 use std::ffi::CString;
 
@@ -163,9 +165,9 @@ fn main() -> Result<()> {
     let path = args
         .next()
         .unwrap_or_else(|| "target/bundled/Continuator.clap".into());
-    let require_continuation = args.any(|a| a == "--require-continuation");
+    let expect = scenario::Expect::from_args(args);
     // SAFETY: loading a plugin runs its code; this is the plugin under test.
     let entry =
         unsafe { PluginEntry::load(&path) }.map_err(|e| anyhow!("loading {path}: {e:?}"))?;
-    scenario::play_all(|| ClapPlugin::load(&entry), require_continuation)
+    scenario::play_all(|| ClapPlugin::load(&entry), expect)
 }

@@ -3,7 +3,9 @@
 //! MIDI does not pass through, a continuation is off its bar line or grid, or a note hangs.
 //!
 //! `cargo run -p continuator-vst3-host -- target/bundled/Continuator.vst3`; add
-//! `--require-continuation` once the plugin has a model, so that silence counts as a failure.
+//! `--require-continuation` for a `test-continuer` build (a scripted continuation that must start
+//! exactly on the bar line) or `--model-continuation` for a build with the model (a continuation
+//! must come, on or after the bar line), so that silence counts as a failure.
 
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
@@ -296,9 +298,9 @@ fn main() -> Result<()> {
         args.next()
             .unwrap_or_else(|| "target/bundled/Continuator.vst3".into()),
     );
-    let require_continuation = args.any(|a| a == "--require-continuation");
+    let expect = scenario::Expect::from_args(args);
     scenario::play_all(
         || Vst3Plugin::load(&path).map_err(|e| anyhow!("loading {}: {e:#}", path.display())),
-        require_continuation,
+        expect,
     )
 }
