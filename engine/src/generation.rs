@@ -7,8 +7,10 @@
 //! locked to the prime's, and the grammar guarantees that every continuation decodes and ends
 //! exactly after the requested number of bars.
 //!
-//! Variations are one batch: the prime is prefilled once, its cache repeated, and all
-//! variations decode together, each with its own random stream (seed + variation index).
+//! Variations are one batch: the prime is prefilled once, its cache forked (every variation
+//! attends to the one copy of the prime's keys and values), and all variations decode together,
+//! each with its own random stream (seed + variation index). A variation that has finished leaves
+//! the batch, so the others' remaining steps cost only what they need.
 
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
