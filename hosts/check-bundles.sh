@@ -5,13 +5,22 @@
 # in `process`) with the `test-continuer` feature (a scripted continuation stands in for the model,
 # so playback is checked exactly, at 8x real time), then again without it: the real built-in
 # model, played in real time, has to answer on the bar line after the musician's pause. The
-# product bundle is rebuilt afterwards:
+# test-continuer CLAP bundle's editor is also opened under Xvfb and its screenshot checked
+# (target/editor.png). The product bundle is rebuilt afterwards:
 #   cargo xtask bundle continuator --release
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo xtask bundle continuator --features test-continuer
 cargo build -p continuator-clap-host -p continuator-vst3-host
 target/debug/continuator-clap-host target/bundled/Continuator.clap --require-continuation
+# The editor, opened on a virtual X display (Mesa's software OpenGL) and screenshotted.
+if ! command -v xvfb-run >/dev/null 2>&1; then
+    echo "xvfb-run is missing (apt-get install xvfb xauth): the editor check needs it" >&2
+    exit 1
+fi
+LIBGL_ALWAYS_SOFTWARE=1 xvfb-run -a -s "-screen 0 1280x1024x24" \
+    target/debug/continuator-clap-host target/bundled/Continuator.clap \
+    --open-editor target/editor.png
 target/debug/continuator-vst3-host target/bundled/Continuator.vst3 --require-continuation
 cargo xtask bundle continuator
 target/debug/continuator-clap-host target/bundled/Continuator.clap --model-continuation

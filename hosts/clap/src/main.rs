@@ -6,10 +6,21 @@
 //! `--require-continuation` for a `test-continuer` build (a scripted continuation that must start
 //! exactly on the bar line) or `--model-continuation` for a build with the model (a continuation
 //! must come, on or after the bar line), so that silence counts as a failure.
+//!
+//! `--open-editor OUT.png` checks the editor instead of playing the scenarios: the plugin's GUI is
+//! embedded (CLAP gui extension, X11 API) in a window this host creates on `$DISPLAY` (Xvfb in
+//! CI) while blocks are processed, the window's pixels are saved to `OUT.png`, and the host fails
+//! unless they show a rendered editor of the size the plugin asked for (see [`editor`]).
+
+mod editor;
 
 use std::ffi::CString;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use clack_extensions::gui::{GuiSize, HostGui, HostGuiImpl};
 use clack_host::events::event_types::{
     MidiEvent, NoteOffEvent, NoteOnEvent, TransportEvent, TransportFlags,
 };
@@ -22,10 +33,69 @@ use scenario::{Block, Edge, BLOCK, SAMPLE_RATE};
 
 const PLUGIN_ID: &str = "org.continuator.continuator";
 
+/// The host's side of the plugin: what it may ask for from any thread.
+#[derive(Default)]
+struct HostShared {
+    /// The plugin asked for `on_main_thread` (its editor's window thread sends work there).
+    callback_requested: AtomicBool,
+    /// The editor asked for its window to be resized.
+    resize_requested: Mutex<Option<GuiSize>>,
+    /// The plugin said its GUI was closed (`true`: destroyed).
+    gui_closed: Mutex<Option<bool>>,
+}
+
+impl SharedHandler<'_> for HostShared {
+    fn request_restart(&self) {}
+    fn request_process(&self) {}
+    fn request_callback(&self) {
+        self.callback_requested.store(true, Ordering::SeqCst);
+    }
+}
+
+impl HostGuiImpl for HostShared {
+    fn resize_hints_changed(&self) {}
+
+    fn request_resize(&self, new_size: GuiSize) -> Result<(), HostError> {
+        let mut requested = self
+            .resize_requested
+            .lock()
+            .map_err(|_| HostError::Message("resize request lock poisoned"))?;
+        *requested = Some(new_size);
+        Ok(())
+    }
+
+    fn request_show(&self) -> Result<(), HostError> {
+        Ok(())
+    }
+
+    fn request_hide(&self) -> Result<(), HostError> {
+        Ok(())
+    }
+
+    fn closed(&self, was_destroyed: bool) {
+        if let Ok(mut closed) = self.gui_closed.lock() {
+            *closed = Some(was_destroyed);
+        }
+    }
+}
+
+/// The host's callbacks: the GUI extension (nice-plug's editor needs it), nothing else.
+struct Host;
+
+impl HostHandlers for Host {
+    type Shared<'a> = HostShared;
+    type MainThread<'a> = ();
+    type AudioProcessor<'a> = ();
+
+    fn declare_extensions(builder: &mut HostExtensions<Self>, _shared: &Self::Shared<'_>) {
+        builder.register::<HostGui>();
+    }
+}
+
 struct ClapPlugin {
     /// Kept alive for as long as the processor runs.
-    _instance: PluginInstance<()>,
-    processor: StartedPluginAudioProcessor<()>,
+    instance: PluginInstance<Host>,
+    processor: StartedPluginAudioProcessor<Host>,
     out_events: EventBuffer,
     in_events: EventBuffer,
 }
@@ -39,8 +109,9 @@ impl ClapPlugin {
             "0.1.0",
         )?;
         let id = CString::new(PLUGIN_ID)?;
-        let mut instance = PluginInstance::<()>::new(|_| (), |_| (), entry, &id, &host)
-            .map_err(|e| anyhow!("instantiating {PLUGIN_ID}: {e:?}"))?;
+        let mut instance =
+            PluginInstance::<Host>::new(|_| HostShared::default(), |_| (), entry, &id, &host)
+                .map_err(|e| anyhow!("instantiating {PLUGIN_ID}: {e:?}"))?;
         let config = PluginAudioConfiguration {
             sample_rate: SAMPLE_RATE,
             min_frames_count: 1,
@@ -53,11 +124,31 @@ impl ClapPlugin {
             .start_processing()
             .map_err(|e| anyhow!("start_processing: {e:?}"))?;
         Ok(ClapPlugin {
-            _instance: instance,
+            instance,
             processor,
             out_events: EventBuffer::with_capacity(1024),
             in_events: EventBuffer::with_capacity(1024),
         })
+    }
+
+    /// Runs the `on_main_thread` callback if the plugin asked for it.
+    fn run_main_thread_callback(&mut self) {
+        if self
+            .instance
+            .access_shared_handler(|h| h.callback_requested.swap(false, Ordering::SeqCst))
+        {
+            self.instance.call_on_main_thread_callback();
+        }
+    }
+
+    /// Stops processing and deactivates the plugin, then destroys it.
+    fn close(self) {
+        let ClapPlugin {
+            mut instance,
+            processor,
+            ..
+        } = self;
+        instance.deactivate(processor.stop_processing());
     }
 }
 
@@ -160,14 +251,36 @@ fn note_edge(time: u32, pckn: Pckn, on: bool) -> Result<Edge> {
     })
 }
 
+/// Removes `flag` and the value after it from `args`, returning the value.
+fn take_flag_value(args: &mut Vec<String>, flag: &str) -> Result<Option<String>> {
+    let Some(at) = args.iter().position(|a| a == flag) else {
+        return Ok(None);
+    };
+    args.remove(at);
+    if at >= args.len() || args[at].starts_with("--") {
+        bail!("{flag} needs a value (the PNG file to write)");
+    }
+    Ok(Some(args.remove(at)))
+}
+
 fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let path = args
-        .next()
-        .unwrap_or_else(|| "target/bundled/Continuator.clap".into());
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let editor_png = take_flag_value(&mut args, "--open-editor")?.map(PathBuf::from);
+    let path = if args.first().is_some_and(|a| !a.starts_with("--")) {
+        args.remove(0)
+    } else {
+        "target/bundled/Continuator.clap".into()
+    };
     let expect = scenario::Expect::from_args(args);
     // SAFETY: loading a plugin runs its code; this is the plugin under test.
     let entry =
         unsafe { PluginEntry::load(&path) }.map_err(|e| anyhow!("loading {path}: {e:?}"))?;
+    if let Some(png) = editor_png {
+        if expect != scenario::Expect::Anything {
+            bail!("--open-editor checks the editor only; play the scenarios in a separate run");
+        }
+        let plugin = ClapPlugin::load(&entry)?;
+        return editor::check(plugin, &png);
+    }
     scenario::play_all(|| ClapPlugin::load(&entry), expect)
 }
