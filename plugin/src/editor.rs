@@ -19,9 +19,9 @@ use crate::params::{ContinuatorParams, Mode};
 use crate::shared::{Shared, NO_TAKE};
 use crate::status::ModelState;
 
-/// The editor's size when first opened.
+/// The editor's size when first opened: tall enough for the status and every parameter.
 pub fn default_state() -> Arc<EguiEditorState> {
-    EguiEditorState::from_size(LogicalSize::new(420.0, 560.0), 1.0)
+    EguiEditorState::from_size(LogicalSize::new(440.0, 760.0), 1.0)
 }
 
 pub struct StatusApp {
@@ -85,7 +85,11 @@ impl NiceEguiApp for StatusApp {
         ui.separator();
         if let Some(gui) = &self.gui {
             let setter = gui.param_setter();
-            generic_ui::create(ui, self.params.clone(), &setter, GenericSlider);
+            // Hosts may open the editor smaller than asked (or scale it): every parameter stays
+            // reachable.
+            egui::ScrollArea::vertical().show(ui, |ui| {
+                generic_ui::create(ui, self.params.clone(), &setter, GenericSlider);
+            });
         }
         // The counters change without any input event: look again a few times a second.
         ui.ctx().request_repaint_after(Duration::from_millis(250));
