@@ -465,6 +465,23 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let kv_src = context.unwrap_or(x);
+        if path == Path::Plain && cache.is_none() && fused::supports(x) {
+            // Training: everything between the projections as one node with its own backward.
+            let tables = match (rotary, context) {
+                (Some(r), None) => Some((&r.cos, &r.sin)),
+                _ => None,
+            };
+            let out = fused::attention(
+                &self.to_q.forward(x)?,
+                &self.to_k.forward(kv_src)?,
+                &self.to_v.forward(kv_src)?,
+                self.heads,
+                tables,
+                mask,
+                self.scale,
+            )?;
+            return self.to_out.forward(&out);
+        }
         let mut q = self.split_heads(&self.to_q.forward(x)?)?;
         let mut k = self.split_heads(&self.to_k.forward(kv_src)?)?;
         let v = self.split_heads(&self.to_v.forward(kv_src)?)?;

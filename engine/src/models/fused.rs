@@ -41,17 +41,7 @@ pub(crate) fn softmax_last_dim(x: &Tensor, mask: Option<&Tensor>) -> Result<Tens
     let x = x.contiguous()?;
     match mask {
         None => x.apply_op1(Softmax),
-        Some(m) => {
-            // A view broadcast to `x` (no copy): the kernel walks it by its strides, so the
-            // full `(b, heads, t, t)` sum `x + mask` is never materialised.
-            let m = m.to_dtype(x.dtype())?.detach();
-            let m = if m.dim(candle_core::D::Minus1)? == x.dim(candle_core::D::Minus1)? {
-                m.contiguous()?.broadcast_as(x.shape())?
-            } else {
-                m.broadcast_as(x.shape())?.contiguous()?
-            };
-            x.apply_op2(&m, MaskedSoftmax)
-        }
+        Some(m) => x.apply_op2(&broadcast_mask(m, &x)?, MaskedSoftmax),
     }
 }
 
@@ -80,6 +70,86 @@ pub(crate) fn gelu_glu(h: &Tensor, bias: &Tensor) -> Result<Tensor> {
 pub(crate) fn bias_add(y: &Tensor, bias: &Tensor) -> Result<Tensor> {
     y.contiguous()?
         .apply_op2(&bias.to_dtype(y.dtype())?.contiguous()?, BiasAdd)
+}
+
+/// Multi-head attention between the projections and the output projection, as one graph node:
+/// `xq` (`(b, t, heads · d)`), `xk`, `xv` (`(b, t_k, heads · d)`) are split into heads, `q` and
+/// `k` rotated when `rotary` gives `(cos, sin)` tables (see [`rotary`]), then
+/// `softmax(q · scale · kᵀ + mask) · v`, heads merged back to `(b, t, heads · d)`.
+/// Differentiable in `xq`, `xk` and `xv`.
+///
+/// Why one node: in candle's autograd every node costs a zeros tensor plus an add of its full
+/// size in the backward, and this stretch has some seventeen of them per layer (head split
+/// views and copies, rotary, scaling, the key transpose, both matmuls, softmax, the merge),
+/// two of them `(b, heads, t, t_k)` in size. Here the forward runs on detached tensors, keeps
+/// what the backward needs (the rotated and scaled `q`, `k`, `v` and the attention weights),
+/// and the backward runs the chain rule through them by hand, also with plain tensor ops.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention(
+    xq: &Tensor,
+    xk: &Tensor,
+    xv: &Tensor,
+    heads: usize,
+    rotary: Option<(&Tensor, &Tensor)>,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    let (b, t, inner) = xq.dims3()?;
+    let tk = xk.dim(1)?;
+    let d = inner / heads;
+    let dtype = xq.dtype();
+    let split = |x: &Tensor, t: usize| {
+        x.detach()
+            .reshape((b, t, heads, d))?
+            .transpose(1, 2)?
+            .contiguous()
+    };
+    let (mut q, mut k, v) = (split(xq, t)?, split(xk, tk)?, split(xv, tk)?);
+    let rotary = match rotary {
+        Some((cos, sin)) => {
+            let cos = cos.to_dtype(dtype)?.contiguous()?.detach();
+            let sin = sin.to_dtype(dtype)?.contiguous()?.detach();
+            q = q.apply_op3_no_bwd(&cos, &sin, &Rotary)?;
+            k = k.apply_op3_no_bwd(&cos, &sin, &Rotary)?;
+            Some((cos, sin))
+        }
+        None => None,
+    };
+    let q = (q * scale)?;
+    let scores = q.matmul(&k.t()?)?;
+    let p = match mask {
+        None => scores.apply_op1_no_bwd(&Softmax)?,
+        Some(m) => scores.apply_op2_no_bwd(&broadcast_mask(m, &scores)?, &MaskedSoftmax)?,
+    };
+    let out = p
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b, t, inner))?;
+    xq.contiguous()?.apply_op3(
+        &xk.contiguous()?,
+        &xv.contiguous()?,
+        Attention {
+            out,
+            q,
+            k,
+            v,
+            p,
+            rotary,
+            scale,
+        },
+    )
+}
+
+/// The additive mask as a view broadcast to `x`, last dimension contiguous: the softmax kernel
+/// walks it by its strides, so the full `(b, heads, t, t_k)` mask is never materialised.
+fn broadcast_mask(m: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let m = m.to_dtype(x.dtype())?.detach();
+    if m.dim(candle_core::D::Minus1)? == x.dim(candle_core::D::Minus1)? {
+        m.contiguous()?.broadcast_as(x.shape())
+    } else {
+        m.broadcast_as(x.shape())?.contiguous()
+    }
 }
 
 /// The floating-point types the kernels run on.
@@ -762,21 +832,13 @@ impl CustomOp3 for Rotary {
 
     fn bwd(
         &self,
-        x: &Tensor,
+        _x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
         _y: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (t, half) = cos.dims2()?;
-        by_tensor_dtype!(x, self.name(), |T| {
-            let dx = read::<T, _>(g, |g| {
-                read::<T, _>(cos, |c| {
-                    read::<T, _>(sin, |s| Ok(rotary_kernel(g, c, s, 2 * half, t, true)))
-                })
-            })?;
-            Ok((Some(tensor(dx, x.shape())?), None, None))
-        })
+        Ok((Some(rotary_backward(g, cos, sin)?), None, None))
     }
 }
 
@@ -982,6 +1044,91 @@ impl CustomOp2 for BiasAdd {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Attention core
+
+/// The graph node of [`attention`]: the output, computed before the node was made, and what
+/// the backward needs (all detached, in `(b, heads, t, d)` layout; `q` rotated and scaled, `k`
+/// rotated, `p` the attention weights).
+struct Attention {
+    out: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    p: Tensor,
+    rotary: Option<(Tensor, Tensor)>,
+    scale: f64,
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    /// Hands over a copy of the output computed in [`attention`] (the inputs are the same
+    /// tensors it was computed from): one `(b, t, heads · d)` copy instead of a second forward.
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let storage = by_tensor_dtype!(self.out, self.name(), |T| {
+            read::<T, _>(&self.out, |o| Ok(T::to_cpu_storage(o)))?
+        });
+        Ok((storage, self.out.shape().clone()))
+    }
+
+    /// With `s = q kᵀ` (q scaled) and `o = p v`: `dv = pᵀ do`, `dp = do vᵀ`,
+    /// `ds = p ⊙ (dp − Σ dp ⊙ p)`, `dq = scale · ds k`, `dk = dsᵀ q`, then the inverse rotation
+    /// and the heads merged back.
+    fn bwd(
+        &self,
+        xq: &Tensor,
+        xk: &Tensor,
+        xv: &Tensor,
+        _out: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, heads, t, d) = self.q.dims4()?;
+        let go = g.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous()?;
+        let dv = self.p.t()?.matmul(&go)?;
+        let dp = go.matmul(&self.v.t()?)?;
+        let ds = Softmax::backward(&self.p, &dp)?;
+        let mut dq = (ds.matmul(&self.k)? * self.scale)?;
+        let mut dk = ds.t()?.matmul(&self.q)?;
+        if let Some((cos, sin)) = &self.rotary {
+            dq = rotary_backward(&dq, cos, sin)?;
+            dk = rotary_backward(&dk, cos, sin)?;
+        }
+        let merge = |x: Tensor, like: &Tensor| -> Result<Tensor> {
+            x.transpose(1, 2)?.contiguous()?.reshape(like.shape())
+        };
+        Ok((
+            Some(merge(dq, xq)?),
+            Some(merge(dk, xk)?),
+            Some(merge(dv, xv)?),
+        ))
+    }
+}
+
+/// The gradient through [`rotary`]: the rotation by the opposite angles.
+fn rotary_backward(g: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (t, half) = cos.dims2()?;
+    let g = g.contiguous()?;
+    by_tensor_dtype!(g, "fused-rotary", |T| {
+        let dx = read::<T, _>(&g, |g| {
+            read::<T, _>(cos, |c| {
+                read::<T, _>(sin, |s| Ok(rotary_kernel(g, c, s, 2 * half, t, true)))
+            })
+        })?;
+        tensor(dx, g.shape())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     //! Each op against the plain-op version it replaces (blocks.rs): forward values, and
@@ -989,7 +1136,8 @@ mod tests {
 
     use super::*;
     use crate::models::blocks::{
-        causal_mask, gelu_glu_plain, layer_norm_plain, rotary_plain, softmax_plain, Rotary, LN_EPS,
+        causal_mask, gelu_glu_plain, layer_norm_plain, rotary_plain, softmax_plain, Rotary,
+        RotaryTables, LN_EPS,
     };
     use candle_core::Var;
 
@@ -1140,6 +1288,79 @@ mod tests {
             1e-6,
             1e-12,
         );
+    }
+
+    /// [`attention`] from plain ops, as blocks.rs computes it without the fused ops.
+    fn attention_plain(
+        x: &[Tensor],
+        heads: usize,
+        rot: Option<&RotaryTables>,
+        mask: Option<&Tensor>,
+        scale: f64,
+    ) -> Result<Tensor> {
+        let (b, t, inner) = x[0].dims3()?;
+        let d = inner / heads;
+        let split = |x: &Tensor| -> Result<Tensor> {
+            let tk = x.dim(1)?;
+            x.reshape((b, tk, heads, d))?.transpose(1, 2)?.contiguous()
+        };
+        let (mut q, mut k, v) = (split(&x[0])?, split(&x[1])?, split(&x[2])?);
+        let dt = q.dtype();
+        if let Some(r) = rot {
+            let (c, s) = (r.cos.to_dtype(dt)?, r.sin.to_dtype(dt)?);
+            q = rotary_plain(&q, &c, &s)?;
+            k = rotary_plain(&k, &c, &s)?;
+        }
+        let scores = (q * scale)?.matmul(&k.t()?)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(&m.to_dtype(dt)?)?,
+            None => scores,
+        };
+        softmax_plain(&scores)?
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, t, inner))
+    }
+
+    #[test]
+    fn attention_matches_plain_ops() {
+        let (b, heads, t, d) = (3, 4, 11, 16);
+        let scale = 1.0 / (d as f64).sqrt();
+        let tables = Rotary::new(8)
+            .tables(0, t, d, DType::F32, &Device::Cpu)
+            .unwrap();
+        let causal = causal_mask(t, 0, DType::F32, &Device::Cpu).unwrap();
+        let x: Vec<Tensor> = (0..3).map(|_| randn(&[b, t, heads * d], 1.5)).collect();
+        // Self-attention: rotary and a causal mask, as the decoder runs it.
+        check(
+            "self-attention",
+            &|x| {
+                let tables = Some((&tables.cos, &tables.sin));
+                attention(&x[0], &x[1], &x[2], heads, tables, Some(&causal), scale)
+            },
+            &|x| attention_plain(x, heads, Some(&tables), Some(&causal), scale),
+            &x,
+            1e-5,
+            1e-12,
+        );
+        // Cross-attention: more keys than queries, key padding, no rotary; and no mask at all.
+        let tk = 17;
+        let mut pad = vec![0f32; b * tk];
+        pad[tk - 1] = -1e9;
+        pad[2 * tk - 5..2 * tk].fill(-1e9);
+        let pad = Tensor::from_vec(pad, (b, 1, 1, tk), &Device::Cpu).unwrap();
+        let kv: Vec<Tensor> = (0..2).map(|_| randn(&[b, tk, heads * d], 1.5)).collect();
+        let inputs = [x[0].clone(), kv[0].clone(), kv[1].clone()];
+        for mask in [Some(&pad), None] {
+            check(
+                "cross-attention",
+                &|x| attention(&x[0], &x[1], &x[2], heads, None, mask, scale),
+                &|x| attention_plain(x, heads, None, mask, scale),
+                &inputs,
+                1e-5,
+                1e-12,
+            );
+        }
     }
 
     #[test]
