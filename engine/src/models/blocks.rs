@@ -125,6 +125,9 @@ fn small_batch(x: &Tensor, weight: &Tensor) -> bool {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (y, bias) = match self {
+            Self::Plain { weight, bias } if trains(x, weight) => {
+                return fused::linear(x, weight, bias.as_ref());
+            }
             Self::Plain { weight, bias } => (plain_matmul(x, weight)?, bias),
             Self::Quantized { weight, bias } => {
                 let dtype = x.dtype();
@@ -133,13 +136,16 @@ impl Module for Linear {
             }
         };
         match bias {
-            // Training: the same sums as `broadcast_add`, but the bias gradient is a fast row
-            // sum rather than candle's strided reduction over the leading dimensions.
-            Some(b) if y.track_op() && fused::supports(&y) => fused::bias_add(&y, b),
             Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
             None => Ok(y),
         }
     }
+}
+
+/// Whether a product with a dense weight is part of training (a gradient is being recorded)
+/// and can take [`fused::linear`], a single autograd node with a fast bias gradient.
+fn trains(x: &Tensor, weight: &Tensor) -> bool {
+    (x.track_op() || weight.track_op()) && fused::supports(x) && weight.dtype() == x.dtype()
 }
 
 /// `x · weightᵀ` for a dense weight, without bias.
@@ -555,7 +561,7 @@ impl FeedForward {
                 weight,
                 bias: Some(bias),
             } if path == Path::Plain && fused::supports(x) && weight.dtype() == x.dtype() => {
-                fused::gelu_glu(&plain_matmul(x, weight)?, bias)?
+                fused::gelu_glu(&fused::linear(x, weight, None)?, bias)?
             }
             _ => gelu_glu_plain(&self.proj.forward(x)?, self.inner)?,
         };
