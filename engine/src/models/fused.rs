@@ -305,6 +305,34 @@ fn sum2<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
     s
 }
 
+/// Defines a generic kernel compiled twice: for the build's baseline x86-64 target (SSE2, four
+/// f32 lanes) and for AVX2 + FMA (eight), picked at run time. Why: these loops are element-wise
+/// work that vectorises, and the workspace builds for baseline x86-64. Rust never fuses a
+/// multiply and an add into an FMA on its own, so both versions compute the same bits.
+macro_rules! multiversion {
+    ($(#[$m:meta])* fn $name:ident<$T:ident>($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)? $body:block) => {
+        $(#[$m])*
+        fn $name<$T: Real>($($a: $t),*) $(-> $r)? {
+            #[inline(always)]
+            fn imp<$T: Real>($($a: $t),*) $(-> $r)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2<$T: Real>($($a: $t),*) $(-> $r)? {
+                    imp::<$T>($($a),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has the features `avx2` is compiled for.
+                    return unsafe { avx2::<$T>($($a),*) };
+                }
+            }
+            imp::<$T>($($a),*)
+        }
+    };
+}
+
 /// Rows per task: ~32 K elements, enough work to amortise scheduling.
 fn rows_per_task(row_len: usize) -> usize {
     (32 * 1024 / row_len.max(1)).max(1)
@@ -464,6 +492,55 @@ fn moments<T: Real>(x: &[T], eps: T) -> (T, T) {
     (mean, T::one() / (var + eps).sqrt_())
 }
 
+multiversion! {
+    /// Rows of `x` normalised and scaled by `gain` into `y`.
+    fn layer_norm_rows<T>(y: &mut [T], x: &[T], gain: &[T], eps: T) {
+        let d = gain.len();
+        for (yr, xr) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+            let (mean, rstd) = moments(xr, eps);
+            for ((y, &x), &g) in yr.iter_mut().zip(xr).zip(gain) {
+                *y = (x - mean) * rstd * g;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// The backward of [`layer_norm_rows`] on rows of `x` with output gradients `g`: writes
+    /// `dx` and returns these rows' share of the gain gradient.
+    fn layer_norm_grad_rows<T>(dx: &mut [T], x: &[T], g: &[T], gain: &[T], eps: T) -> Vec<T> {
+        let d = gain.len();
+        let inv_d = T::one() / T::from_f64(d as f64);
+        let mut acc = vec![T::zero(); d];
+        let mut xhat = vec![T::zero(); d];
+        let mut gg = vec![T::zero(); d];
+        for ((dxr, xr), gr) in dx
+            .chunks_exact_mut(d)
+            .zip(x.chunks_exact(d))
+            .zip(g.chunks_exact(d))
+        {
+            let (mean, rstd) = moments(xr, eps);
+            for ((((h, v), a), (&x, &g)), &gain) in xhat
+                .iter_mut()
+                .zip(gg.iter_mut())
+                .zip(acc.iter_mut())
+                .zip(xr.iter().zip(gr))
+                .zip(gain)
+            {
+                *h = (x - mean) * rstd;
+                *v = g * gain;
+                *a += g * *h;
+            }
+            let a = sum2(&gg, &gg, |v, _| v) * inv_d;
+            let b = sum2(&gg, &xhat, |v, h| v * h) * inv_d;
+            for ((dx, &v), &h) in dxr.iter_mut().zip(&gg).zip(&xhat) {
+                *dx = rstd * (v - a - h * b);
+            }
+        }
+        acc
+    }
+}
+
 fn layer_norm_fwd<T: Real>(x: &[T], gamma: &[T], eps: f64) -> Vec<T> {
     let d = gamma.len();
     let eps = T::from_f64(eps);
@@ -471,12 +548,7 @@ fn layer_norm_fwd<T: Real>(x: &[T], gamma: &[T], eps: f64) -> Vec<T> {
     let mut y = vec![T::zero(); x.len()];
     let chunk = d * rows_per_task(d);
     for_chunks(&mut y, chunk, x, chunk, x, chunk, |_, yc, xc, _| {
-        for (yr, xr) in yc.chunks_exact_mut(d).zip(xc.chunks_exact(d)) {
-            let (mean, rstd) = moments(xr, eps);
-            for ((y, &x), &g) in yr.iter_mut().zip(xr).zip(&gain) {
-                *y = (x - mean) * rstd * g;
-            }
-        }
+        layer_norm_rows(yc, xc, &gain, eps)
     });
     y
 }
@@ -486,32 +558,11 @@ fn layer_norm_fwd<T: Real>(x: &[T], gamma: &[T], eps: f64) -> Vec<T> {
 fn layer_norm_bwd<T: Real>(x: &[T], gamma: &[T], g: &[T], eps: f64) -> (Vec<T>, Vec<T>) {
     let d = gamma.len();
     let eps = T::from_f64(eps);
-    let inv_d = T::one() / T::from_f64(d as f64);
     let gain: Vec<T> = gamma.iter().map(|&g| g + T::one()).collect();
     let mut dx = vec![T::zero(); x.len()];
     let chunk = d * rows_per_task(d);
     let dgamma = for_chunks_sum(&mut dx, chunk, x, chunk, g, chunk, d, |dxc, xc, gc| {
-        let mut acc = vec![T::zero(); d];
-        let mut xhat = vec![T::zero(); d];
-        let mut gg = vec![T::zero(); d];
-        for ((dxr, xr), gr) in dxc
-            .chunks_exact_mut(d)
-            .zip(xc.chunks_exact(d))
-            .zip(gc.chunks_exact(d))
-        {
-            let (mean, rstd) = moments(xr, eps);
-            for j in 0..d {
-                xhat[j] = (xr[j] - mean) * rstd;
-                gg[j] = gr[j] * gain[j];
-                acc[j] += gr[j] * xhat[j];
-            }
-            let a = sum2(&gg, &gg, |v, _| v) * inv_d;
-            let b = sum2(&gg, &xhat, |v, h| v * h) * inv_d;
-            for ((dx, &v), &h) in dxr.iter_mut().zip(&gg).zip(&xhat) {
-                *dx = rstd * (v - a - h * b);
-            }
-        }
-        acc
+        layer_norm_grad_rows(dxc, xc, gc, &gain, eps)
     });
     (dx, dgamma)
 }
@@ -572,54 +623,65 @@ struct Softmax;
 /// [`Softmax`] of `x + mask`, the mask a second (gradient-free) input.
 struct MaskedSoftmax;
 
-/// One row of `softmax(x + m)` into `y`. A row that is entirely −∞ gives zeros (the plain-op
-/// version would give NaN); attention rows always see at least their own position.
-#[inline(always)]
-fn softmax_row<T: Real>(x: &[T], m: Option<&[T]>, y: &mut [T]) {
-    match m {
-        Some(m) => {
-            for ((y, &x), &m) in y.iter_mut().zip(x).zip(m) {
-                *y = x + m;
+multiversion! {
+    /// Rows of `softmax(x + m)` into `y` (rows of `n`; `mask`: the mask and the offset of each
+    /// of these rows' mask row in it). A row that is entirely −∞ gives zeros (the plain-op
+    /// version would give NaN); attention rows always see at least their own position.
+    fn softmax_rows<T>(y: &mut [T], x: &[T], n: usize, mask: Option<(&[T], &[usize])>) {
+        for (i, (y, x)) in y.chunks_exact_mut(n).zip(x.chunks_exact(n)).enumerate() {
+            match mask {
+                Some((m, offsets)) => {
+                    let m = &m[offsets[i]..offsets[i] + n];
+                    for ((y, &x), &m) in y.iter_mut().zip(x).zip(m) {
+                        *y = x + m;
+                    }
+                }
+                None => y.copy_from_slice(x),
+            }
+            let (yc, yt) = y.as_chunks::<LANES>();
+            let mut lanes = [T::neg_infinity(); LANES];
+            for c in yc {
+                for (l, &v) in lanes.iter_mut().zip(c) {
+                    if v > *l {
+                        *l = v;
+                    }
+                }
+            }
+            let mut max = T::neg_infinity();
+            for &v in lanes.iter().chain(yt) {
+                if v > max {
+                    max = v;
+                }
+            }
+            if max == T::neg_infinity() {
+                y.fill(T::zero());
+                continue;
+            }
+            // Separate passes, so that each is a loop the compiler vectorises.
+            for v in y.iter_mut() {
+                *v = (*v - max).exp_();
+            }
+            let inv = T::one() / sum2(y, y, |v, _| v);
+            for v in y.iter_mut() {
+                *v *= inv;
             }
         }
-        None => y.copy_from_slice(x),
     }
-    let (yc, yt) = y.as_chunks::<LANES>();
-    let mut lanes = [T::neg_infinity(); LANES];
-    for c in yc {
-        for l in 0..LANES {
-            if c[l] > lanes[l] {
-                lanes[l] = c[l];
+}
+
+multiversion! {
+    /// `dx = y · (g − Σ g · y)` on rows of `n`.
+    fn softmax_grad_rows<T>(dx: &mut [T], y: &[T], g: &[T], n: usize) {
+        for ((dr, yr), gr) in dx
+            .chunks_exact_mut(n)
+            .zip(y.chunks_exact(n))
+            .zip(g.chunks_exact(n))
+        {
+            let s = sum2(yr, gr, |y, g| y * g);
+            for ((d, &y), &g) in dr.iter_mut().zip(yr).zip(gr) {
+                *d = y * (g - s);
             }
         }
-    }
-    let mut max = T::neg_infinity();
-    for &v in lanes.iter().chain(yt) {
-        if v > max {
-            max = v;
-        }
-    }
-    if max == T::neg_infinity() {
-        y.fill(T::zero());
-        return;
-    }
-    let (yc, yt) = y.as_chunks_mut::<LANES>();
-    let mut acc = [T::zero(); LANES];
-    for c in yc {
-        for l in 0..LANES {
-            let e = (c[l] - max).exp_();
-            c[l] = e;
-            acc[l] += e;
-        }
-    }
-    let mut sum = lanes_total(acc);
-    for v in yt {
-        *v = (*v - max).exp_();
-        sum += *v;
-    }
-    let inv = T::one() / sum;
-    for v in y.iter_mut() {
-        *v *= inv;
     }
 }
 
@@ -654,13 +716,8 @@ fn softmax_fwd<T: Real>(x: &[T], n: usize, mask: Option<(&[T], &[usize])>) -> Ve
     let rows = rows_per_task(n);
     let chunk = n * rows;
     for_chunks(&mut y, chunk, x, chunk, x, chunk, |task, yc, xc, _| {
-        for (i, (yr, xr)) in yc.chunks_exact_mut(n).zip(xc.chunks_exact(n)).enumerate() {
-            let m = mask.map(|(m, offsets)| {
-                let o = offsets[task * rows + i];
-                &m[o..o + n]
-            });
-            softmax_row(xr, m, yr);
-        }
+        let mask = mask.map(|(m, offsets)| (m, &offsets[task * rows..]));
+        softmax_rows(yc, xc, n, mask)
     });
     y
 }
@@ -670,16 +727,7 @@ fn softmax_bwd<T: Real>(y: &[T], g: &[T], n: usize) -> Vec<T> {
     let mut dx = vec![T::zero(); y.len()];
     let chunk = n * rows_per_task(n);
     for_chunks(&mut dx, chunk, y, chunk, g, chunk, |_, dc, yc, gc| {
-        for ((dr, yr), gr) in dc
-            .chunks_exact_mut(n)
-            .zip(yc.chunks_exact(n))
-            .zip(gc.chunks_exact(n))
-        {
-            let s = sum2(yr, gr, |y, g| y * g);
-            for ((d, &y), &g) in dr.iter_mut().zip(yr).zip(gr) {
-                *d = y * (g - s);
-            }
-        }
+        softmax_grad_rows(dc, yc, gc, n)
     });
     dx
 }
@@ -761,23 +809,23 @@ impl CustomOp2 for MaskedSoftmax {
 
 struct Rotary;
 
-/// Rotates each row's pairs by the angles of its position, or by the opposite angles when
-/// `inverse` (the backward: the transpose of a rotation is the rotation by −θ).
-fn rotary_kernel<T: Real>(
-    x: &[T],
-    cos: &[T],
-    sin: &[T],
-    d: usize,
-    t: usize,
-    inverse: bool,
-) -> Vec<T> {
-    let half = d / 2;
-    let mut y = vec![T::zero(); x.len()];
-    let rows = rows_per_task(d);
-    let chunk = d * rows;
-    for_chunks(&mut y, chunk, x, chunk, x, chunk, |task, yc, xc, _| {
-        for (i, (yr, xr)) in yc.chunks_exact_mut(d).zip(xc.chunks_exact(d)).enumerate() {
-            let p = (task * rows + i) % t;
+multiversion! {
+    /// Rotates the pairs of rows of `x` (rows of `d`, the first at position `first % t`) by
+    /// the angles whose `(cos, sin)` tables are given, or by the opposite angles when `inverse`
+    /// (the backward: the transpose of a rotation is the rotation by −θ).
+    fn rotary_rows<T>(
+        y: &mut [T],
+        x: &[T],
+        tables: (&[T], &[T]),
+        d: usize,
+        t: usize,
+        first: usize,
+        inverse: bool,
+    ) {
+        let (cos, sin) = tables;
+        let half = d / 2;
+        for (i, (yr, xr)) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)).enumerate() {
+            let p = (first + i) % t;
             let c = &cos[p * half..(p + 1) * half];
             let s = &sin[p * half..(p + 1) * half];
             let (yp, _) = yr.as_chunks_mut::<2>();
@@ -794,6 +842,22 @@ fn rotary_kernel<T: Real>(
                 }
             }
         }
+    }
+}
+
+fn rotary_kernel<T: Real>(
+    x: &[T],
+    cos: &[T],
+    sin: &[T],
+    d: usize,
+    t: usize,
+    inverse: bool,
+) -> Vec<T> {
+    let mut y = vec![T::zero(); x.len()];
+    let rows = rows_per_task(d);
+    let chunk = d * rows;
+    for_chunks(&mut y, chunk, x, chunk, x, chunk, |task, yc, xc, _| {
+        rotary_rows(yc, xc, (cos, sin), d, t, task * rows, inverse)
     });
     y
 }
@@ -862,43 +926,39 @@ const FRAC_1_SQRT_2: f64 = std::f64::consts::FRAC_1_SQRT_2;
 /// 1 / √(2π), the standard normal density at 0.
 const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
-fn gelu_glu_fwd<T: Real>(h: &[T], bias: &[T]) -> Vec<T> {
-    let n = bias.len() / 2;
-    let half = T::from_f64(0.5);
-    let k = T::from_f64(FRAC_1_SQRT_2);
-    let (bv, bg) = bias.split_at(n);
-    let mut y = vec![T::zero(); h.len() / 2];
-    let rows = rows_per_task(2 * n);
-    for_chunks(&mut y, n * rows, h, 2 * n * rows, h, 1, |_, yc, hc, _| {
-        for (yr, hr) in yc.chunks_exact_mut(n).zip(hc.chunks_exact(2 * n)) {
+multiversion! {
+    /// `(v + bv) · gelu(z + bg)` on rows `[v | z]` of `h` (rows of `2n`, `n = bias.len() / 2`).
+    fn gelu_glu_rows<T>(y: &mut [T], h: &[T], bias: &[T]) {
+        let n = bias.len() / 2;
+        let half = T::from_f64(0.5);
+        let k = T::from_f64(FRAC_1_SQRT_2);
+        let (bv, bg) = bias.split_at(n);
+        for (yr, hr) in y.chunks_exact_mut(n).zip(h.chunks_exact(2 * n)) {
             let (hv, hg) = hr.split_at(n);
             for ((((y, &v), &z), &bv), &bg) in yr.iter_mut().zip(hv).zip(hg).zip(bv).zip(bg) {
                 let z = z + bg;
                 *y = (v + bv) * (half * z * (T::one() + (z * k).erf_()));
             }
         }
-    });
-    y
+    }
 }
 
-/// With `z` the gate and `v` the value (bias included), `d value = g · gelu(z)` and
-/// `d gate = g · v · (Φ(z) + z · φ(z))`; the bias gradient is their sum over rows.
-fn gelu_glu_bwd<T: Real>(h: &[T], bias: &[T], g: &[T]) -> (Vec<T>, Vec<T>) {
-    let n = bias.len() / 2;
-    let half = T::from_f64(0.5);
-    let k = T::from_f64(FRAC_1_SQRT_2);
-    let neg_half = T::from_f64(-0.5);
-    let c = T::from_f64(INV_SQRT_2PI);
-    let (bv, bg) = bias.split_at(n);
-    let mut dh = vec![T::zero(); h.len()];
-    let rows = rows_per_task(2 * n);
-    let (dc, gc) = (2 * n * rows, n * rows);
-    let dbias = for_chunks_sum(&mut dh, dc, h, dc, g, gc, 2 * n, |dc, hc, gc| {
+multiversion! {
+    /// The backward of [`gelu_glu_rows`]: writes `dh` and returns these rows' share of the
+    /// bias gradient. With `z` the gate and `v` the value (bias included),
+    /// `d value = g · gelu(z)` and `d gate = g · v · (Φ(z) + z · φ(z))`.
+    fn gelu_glu_grad_rows<T>(dh: &mut [T], h: &[T], g: &[T], bias: &[T]) -> Vec<T> {
+        let n = bias.len() / 2;
+        let half = T::from_f64(0.5);
+        let k = T::from_f64(FRAC_1_SQRT_2);
+        let neg_half = T::from_f64(-0.5);
+        let c = T::from_f64(INV_SQRT_2PI);
+        let (bv, bg) = bias.split_at(n);
         let mut acc = vec![T::zero(); 2 * n];
-        for ((dr, hr), gr) in dc
+        for ((dr, hr), gr) in dh
             .chunks_exact_mut(2 * n)
-            .zip(hc.chunks_exact(2 * n))
-            .zip(gc.chunks_exact(n))
+            .zip(h.chunks_exact(2 * n))
+            .zip(g.chunks_exact(n))
         {
             let (dv, dg) = dr.split_at_mut(n);
             let (hv, hg) = hr.split_at(n);
@@ -922,6 +982,26 @@ fn gelu_glu_bwd<T: Real>(h: &[T], bias: &[T], g: &[T]) -> (Vec<T>, Vec<T>) {
             }
         }
         acc
+    }
+}
+
+fn gelu_glu_fwd<T: Real>(h: &[T], bias: &[T]) -> Vec<T> {
+    let n = bias.len() / 2;
+    let mut y = vec![T::zero(); h.len() / 2];
+    let rows = rows_per_task(2 * n);
+    for_chunks(&mut y, n * rows, h, 2 * n * rows, h, 1, |_, yc, hc, _| {
+        gelu_glu_rows(yc, hc, bias)
+    });
+    y
+}
+
+fn gelu_glu_bwd<T: Real>(h: &[T], bias: &[T], g: &[T]) -> (Vec<T>, Vec<T>) {
+    let n = bias.len() / 2;
+    let mut dh = vec![T::zero(); h.len()];
+    let rows = rows_per_task(2 * n);
+    let (dc, gc) = (2 * n * rows, n * rows);
+    let dbias = for_chunks_sum(&mut dh, dc, h, dc, g, gc, 2 * n, |dc, hc, gc| {
+        gelu_glu_grad_rows(dc, hc, gc, bias)
     });
     (dh, dbias)
 }
