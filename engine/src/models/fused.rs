@@ -8,6 +8,16 @@
 //! backward, row by row, split over rows with rayon, and reduces gradients of shared
 //! parameters through per-task partial sums.
 //!
+//! Two ops are whole stretches of a layer rather than one function: [`linear`] and
+//! [`attention`] (projections to output projection). They exist because each candle autograd
+//! node costs a zeros tensor and an add of its size in the backward, whatever it computes;
+//! their backwards run the chain rule by hand with candle ops on detached tensors.
+//!
+//! Two rules every backward here keeps: gradients are never themselves tracked (built from
+//! detached tensors or fresh buffers; a tracked gradient keeps the step's whole graph alive
+//! through the optimiser's state), and every op is checked against the plain-op version, values
+//! and gradients, in f32 and f64 (tests below).
+//!
 //! candle's own fused kernels (`candle_nn::ops::layer_norm`, `softmax_last_dim`, `rope_i`)
 //! are no substitute: they silently return no gradient (`shared/notes/candle-cpu-training.md`).
 //!
