@@ -141,6 +141,32 @@ fn twenty_steps_equal_ten_plus_resume_plus_ten_bit_for_bit() {
     std::fs::remove_dir_all(&root).ok();
 }
 
+/// The thread count changes how work is split, never the result: a run continued on a machine
+/// with more cores (or resumed with a different `RAYON_NUM_THREADS`) stays reproducible. The
+/// shapes are large enough for the fused ops' parallel paths, which add per-task partial
+/// gradients together.
+#[test]
+fn one_thread_and_two_threads_train_the_same_bits() {
+    let root = temp("threads");
+    let data = midi_copy(&root);
+    let mut cfg = config(&data, 3);
+    cfg.model.max_seq_len = 64;
+    cfg.seq = 64;
+    cfg.batch = 8;
+    cfg.accum = 1;
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let t = pool.install(|| train(&cfg, &root.join(format!("threads-{threads}")), false, None));
+        assert_eq!(t.state().step, 3);
+        bits(&t)
+    };
+    assert!(run(1) == run(2), "weights differ between 1 and 2 threads");
+    std::fs::remove_dir_all(&root).ok();
+}
+
 #[test]
 fn an_empty_or_midi_less_folder_is_a_clear_error() {
     let root = temp("empty");

@@ -517,7 +517,7 @@ fn model_card(
         .map(|d| format!(" --data {}", d.display()))
         .collect();
     let command = format!(
-        "RAYON_NUM_THREADS=1 cargo run --release -p xtask -- train decoder{data_args} --preset {} --out {} --steps {} --batch {} --seq {} --lr {} --accum {} --warmup {} --seed {}{}",
+        "cargo run --release -p xtask -- train decoder{data_args} --preset {} --out {} --steps {} --batch {} --seq {} --lr {} --accum {} --warmup {} --seed {}{}",
         cfg.preset,
         args.run.display(),
         cfg.steps,
@@ -569,7 +569,7 @@ fn model_card(
          | batch | {} × {} tokens{} |\n\
          | optimiser | AdamW (β {}, {}; weight decay {} on matrices), peak lr {}, {} warm-up steps, cosine to {} × peak, clip {} |\n\
          | augmentation | {} |\n\
-         | hardware | {} ({} logical cores), CPU only, f32 (thread count in the command below); {:.1} h of training so far |\n\n\
+         | hardware | {} ({} logical cores), CPU only, f32; {:.1} h of training steps, {:.0} tokens/s on average |\n\n\
          ## Validation (nats/token, held-out files: ~{:.0} % of files, split by file)\n\n\
          | model | loss |\n|---|---|\n\
          | this decoder | {val_line} |\n\
@@ -581,7 +581,8 @@ fn model_card(
          ## Reproduce\n\n```sh\n{command}\n\
          cargo run --release -p xtask -- train export {} --out {} --f16\n```\n\n\
          The data folders are the corpus described below (`../shared/corpus/` in the development\n\
-         setup); the run is deterministic for a given seed and thread count.\n\n\
+         setup); the run is deterministic for a given seed, bit for bit, whatever the thread count\n\
+         (`RAYON_NUM_THREADS` changes the speed only), and across `--resume`.\n\n\
          ## Data and licences\n\n\
          Trained on every MIDI file under: {}. The weights are derived from these works; keep the\n\
          attribution below with them. Per-folder licence files are copied beside this card: {}.\n{}",
@@ -620,6 +621,7 @@ fn model_card(
         cpu_name(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         state.train_seconds / 3600.0,
+        state.tokens_seen as f64 / state.train_seconds.max(1e-9),
         100.0 * cfg.val_fraction,
         cfg.seq,
         cfg.val_windows,

@@ -13,10 +13,12 @@
 //! node costs a zeros tensor and an add of its size in the backward, whatever it computes;
 //! their backwards run the chain rule by hand with candle ops on detached tensors.
 //!
-//! Two rules every backward here keeps: gradients are never themselves tracked (built from
+//! Three rules every backward here keeps: gradients are never themselves tracked (built from
 //! detached tensors or fresh buffers; a tracked gradient keeps the step's whole graph alive
-//! through the optimiser's state), and every op is checked against the plain-op version, values
-//! and gradients, in f32 and f64 (tests below).
+//! through the optimiser's state); results do not depend on the thread count (tasks are fixed
+//! row ranges and their partial sums are added in task order, so a run resumed on another
+//! machine stays bit-exact: `tests/training.rs`); and every op is checked against the plain-op
+//! version, values and gradients, in f32 and f64 (tests below).
 //!
 //! candle's own fused kernels (`candle_nn::ops::layer_norm`, `softmax_last_dim`, `rope_i`)
 //! are no substitute: they silently return no gradient (`shared/notes/candle-cpu-training.md`).
@@ -401,11 +403,16 @@ fn for_chunks_sum<T: Real, A: Sync, B: Sync>(
     f: impl Fn(&mut [T], &[A], &[B]) -> Vec<T> + Sync + Send,
 ) -> Vec<T> {
     if parallel(out.len()) {
-        out.par_chunks_mut(oc)
+        // Collected in order and added up in order: rayon's `reduce` pairs the partials in a
+        // tree whose shape follows the thread count and work stealing, and float addition is not
+        // associative, so a run would not be reproducible across (or even within) thread counts.
+        let partials: Vec<Vec<T>> = out
+            .par_chunks_mut(oc)
             .zip(a.par_chunks(ac))
             .zip(b.par_chunks(bc))
             .map(|((o, a), b)| f(o, a, b))
-            .reduce(|| vec![T::zero(); width], add_into)
+            .collect();
+        partials.into_iter().fold(vec![T::zero(); width], add_into)
     } else {
         out.chunks_mut(oc)
             .zip(a.chunks(ac))
@@ -1141,9 +1148,9 @@ fn row_sum<T: Real>(g: &[T], n: usize) -> Vec<T> {
     };
     let chunk = n * rows_per_task(n);
     if parallel(g.len()) {
-        g.par_chunks(chunk)
-            .map(partial)
-            .reduce(|| vec![T::zero(); n], add_into)
+        // In order, as in `for_chunks_sum`: the same bits for every thread count.
+        let partials: Vec<Vec<T>> = g.par_chunks(chunk).map(partial).collect();
+        partials.into_iter().fold(vec![T::zero(); n], add_into)
     } else {
         g.chunks(chunk)
             .map(partial)
