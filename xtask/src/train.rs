@@ -23,11 +23,15 @@ use engine::training::{
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// Free-form notes on a run, kept in its folder and quoted into the exported model card.
+const NOTES_FILE: &str = "NOTES.md";
+
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// Pretrain the decoder on folders of MIDI files (resumable; Ctrl-C checkpoints).
     Decoder(DecoderArgs),
-    /// Write a model directory (and MODEL_CARD.md) from a run's latest checkpoint.
+    /// Write a model directory (and MODEL_CARD.md, quoting the run's NOTES.md if any) from a
+    /// run's latest checkpoint.
     Export(ExportArgs),
 }
 
@@ -403,6 +407,23 @@ fn export(args: ExportArgs) -> Result<()> {
     Ok(())
 }
 
+/// The run's own history, written by whoever ran it, as `NOTES.md` in the run folder: what the
+/// numbers above cannot say (where a resumed run moved between machines, code changes part-way
+/// through that make a re-run differ). Quoted into the card as its own section.
+fn run_notes(run: &Path) -> Result<String> {
+    let path = run.join(NOTES_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => Ok(format!(
+            "## Run notes\n\n(From `{}`.)\n\n{}\n\n",
+            path.display(),
+            text.trim()
+        )),
+        Ok(_) => Ok(String::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(e).with_context(|| format!("{}: cannot read", path.display())),
+    }
+}
+
 fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -550,6 +571,7 @@ fn model_card(
         )
     };
     let val_line = format!("{val:.4} (these weights, step {})", state.step);
+    let notes = run_notes(&args.run)?;
     Ok(format!(
         "# Continuator default model\n\n\
          A decoder-only transformer over MidiTok REMI tokens (x-transformers layout, see\n\
@@ -578,7 +600,7 @@ fn model_card(
          over each piece, at least one from every validation file and at least {} in all (the run's\n\
          periodic validation in `metrics.jsonl` uses fewer). The decoder is {:.2} nats/token below\n\
          the bigram.\n\n\
-         ## Reproduce\n\n```sh\n{command}\n\
+         {notes}## Reproduce\n\n```sh\n{command}\n\
          cargo run --release -p xtask -- train export {} --out {} --f16\n```\n\n\
          The data folders are the corpus described below (`../shared/corpus/` in the development\n\
          setup); the run is deterministic for a given seed, bit for bit, whatever the thread count\n\

@@ -103,6 +103,12 @@ fn train_resume_plot_export_score() {
         text(&o)
     );
 
+    // The run's own notes travel into the card.
+    std::fs::write(
+        run.join("NOTES.md"),
+        "Resumed on a second machine at step 6.\n",
+    )
+    .unwrap();
     let model = root.join("model");
     let o = xtask(&["train", "export", s(&run), "--out", s(&model), "--f16"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -116,7 +122,10 @@ fn train_resume_plot_export_score() {
     }
     let card = std::fs::read_to_string(model.join("MODEL_CARD.md")).unwrap();
     assert!(
-        card.contains("bigram baseline") && card.contains("12 of 12"),
+        card.contains("bigram baseline")
+            && card.contains("12 of 12")
+            && card.contains("## Run notes")
+            && card.contains("Resumed on a second machine at step 6."),
         "{card}"
     );
 
