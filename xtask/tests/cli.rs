@@ -64,6 +64,44 @@ fn tokenize_prints_miditok_ids_as_one_json_line() {
     );
 }
 
+/// What a fresh clone can do with no other step: continue an example with the committed default
+/// model (`assets/model`, no `--model`), and score it far below a uniform guess (ln 373 ≈ 5.9
+/// nats/token; an untrained model scores about that).
+#[test]
+fn the_default_model_continues_and_scores_an_example_with_no_other_step() {
+    let dir = temp_dir("default-model");
+    let out_path = dir.join("out.mid");
+    let out = xtask(&["continue", &example(), "-o", out_path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let input = Score::read_file(example()).unwrap();
+    let written = Score::read_file(&out_path).unwrap();
+    let prime_end = input.notes.iter().map(|n| n.start.0).max().unwrap();
+    let continuation = written
+        .notes
+        .iter()
+        .filter(|n| n.start.0 > prime_end)
+        .count();
+    assert!(continuation >= 4, "{continuation} notes after the prime");
+
+    let model = root().join("assets/model");
+    let out = xtask(&["score", "--model", model.to_str().unwrap(), &example()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let nats: f64 = stdout
+        .split_whitespace()
+        .zip(stdout.split_whitespace().skip(1))
+        .find(|(_, unit)| unit.starts_with("nats/token"))
+        .and_then(|(v, _)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no nats/token in: {stdout}"));
+    assert!(nats < 3.0, "the default model scores {nats} nats/token");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn continue_writes_prime_and_continuation_tracks() {
     let dir = temp_dir("continue");
