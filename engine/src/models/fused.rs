@@ -403,30 +403,36 @@ fn for_chunks_sum<T: Real, A: Sync, B: Sync>(
     f: impl Fn(&mut [T], &[A], &[B]) -> Vec<T> + Sync + Send,
 ) -> Vec<T> {
     if parallel(out.len()) {
-        // Collected in order and added up in order: rayon's `reduce` pairs the partials in a
-        // tree whose shape follows the thread count and work stealing, and float addition is not
-        // associative, so a run would not be reproducible across (or even within) thread counts.
         let partials: Vec<Vec<T>> = out
             .par_chunks_mut(oc)
             .zip(a.par_chunks(ac))
             .zip(b.par_chunks(bc))
             .map(|((o, a), b)| f(o, a, b))
             .collect();
-        partials.into_iter().fold(vec![T::zero(); width], add_into)
+        sum_in_order(partials, width)
     } else {
-        out.chunks_mut(oc)
+        let partials = out
+            .chunks_mut(oc)
             .zip(a.chunks(ac))
             .zip(b.chunks(bc))
-            .map(|((o, a), b)| f(o, a, b))
-            .fold(vec![T::zero(); width], add_into)
+            .map(|((o, a), b)| f(o, a, b));
+        sum_in_order(partials, width)
     }
 }
 
-fn add_into<T: Real>(mut a: Vec<T>, b: Vec<T>) -> Vec<T> {
-    for (a, b) in a.iter_mut().zip(b) {
-        *a += b;
-    }
-    a
+/// Adds per-task partial sums (each of `width`) first to last. Every path, parallel or not, adds
+/// them in this one order: rayon's `reduce` would pair them in a tree shaped by the thread count
+/// and work stealing, and float addition is not associative, so a run would not be reproducible
+/// across (or even within) thread counts.
+fn sum_in_order<T: Real>(partials: impl IntoIterator<Item = Vec<T>>, width: usize) -> Vec<T> {
+    partials
+        .into_iter()
+        .fold(vec![T::zero(); width], |mut acc, p| {
+            for (a, b) in acc.iter_mut().zip(p) {
+                *a += b;
+            }
+            acc
+        })
 }
 
 /// The data of a contiguous layout as a slice.
@@ -1148,13 +1154,10 @@ fn row_sum<T: Real>(g: &[T], n: usize) -> Vec<T> {
     };
     let chunk = n * rows_per_task(n);
     if parallel(g.len()) {
-        // In order, as in `for_chunks_sum`: the same bits for every thread count.
         let partials: Vec<Vec<T>> = g.par_chunks(chunk).map(partial).collect();
-        partials.into_iter().fold(vec![T::zero(); n], add_into)
+        sum_in_order(partials, n)
     } else {
-        g.chunks(chunk)
-            .map(partial)
-            .fold(vec![T::zero(); n], add_into)
+        sum_in_order(g.chunks(chunk).map(partial), n)
     }
 }
 
