@@ -1,16 +1,27 @@
 //! Continuing a phrase: prime → tokens → decoder (+ adapter) with a KV cache → grammar-masked
 //! nucleus sampling → notes, streamed one by one.
 //!
-//! The continuation starts where the prime stops. If the prime ends mid-bar, the model first
-//! finishes that bar (it counts as the continuation's first bar) and may not place an onset before
-//! the prime's end; if it ends on a bar line, the continuation starts a new bar. The meter is
-//! locked to the prime's, and the grammar guarantees that every continuation decodes and ends
-//! exactly after the requested number of bars.
+//! **Where the continuation starts.** By default on the bar line at or after the prime's end (the
+//! end of its last note, or the file's End of Track when that is later): a clip that closes with
+//! a rest is a whole phrase, rest included, and the answer comes on the next downbeat, the way a
+//! musician answers a call. [`Start::Now`] starts right where the prime stops instead: the model
+//! first finishes that bar (it counts as the continuation's first bar) and may not place an onset
+//! before the prime's end. The meter is locked to the prime's, and the grammar guarantees that
+//! every continuation decodes and ends exactly after the requested number of bars, each holding at
+//! least one note.
+//!
+//! **Any length.** The prime keeps as many of its last whole bars as fit in the context less a
+//! small decoding margin. When a sequence's cache is full, its oldest whole bars are dropped and
+//! the cache is rebuilt from what is kept (a *slide*): positions are rotary, so the kept tokens see
+//! each other exactly as before, and every bar is written with the same attention budget. Nothing
+//! is ever closed early for lack of room, so `bars` is bounded only by [`MAX_BARS`].
 //!
 //! Variations are one batch: the prime is prefilled once, its cache forked (every variation
 //! attends to the one copy of the prime's keys and values), and all variations decode together,
 //! each with its own random stream (seed + variation index). A variation that has finished leaves
-//! the batch, so the others' remaining steps cost only what they need.
+//! the batch, so the others' remaining steps cost only what they need. A slide rebuilds each
+//! variation's cache on its own (they keep different bars), so after one the variations decode
+//! as separate batches of one.
 
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,22 +42,45 @@ use crate::tokenizer::{Decoded, NoteDecoder, Token, TokenId, Tokenizer};
 /// runaway model from stacking notes forever.
 pub const MAX_NOTES_PER_BAR: usize = 48;
 
-/// Tokens of a typical dense bar (`Bar TimeSig` + ~23 notes); the prime is cut to leave this much
-/// room per continuation bar.
-const TOKENS_PER_BAR: usize = 96;
+/// Most bars one continuation may ask for: a sanity bound (about an hour of music at 120 BPM),
+/// not a context limit.
+pub const MAX_BARS: u32 = 1024;
 
-/// Tokens that always suffice to finish the current note (`Position Pitch Velocity Duration`)
-/// and end the sequence.
-const CLOSING_MARGIN: usize = 8;
+/// Tokens the prime leaves free in the context: it keeps its last whole bars up to
+/// `context - context / PRIME_MARGIN_DIVISOR`, so generation starts with the most the model can
+/// hear and slides soon after.
+const PRIME_MARGIN_DIVISOR: usize = 8;
 
-/// Context kept free for a continuation of `bars` bars.
-fn continuation_reserve(bars: u32, context: usize) -> usize {
-    ((bars as usize + 1) * TOKENS_PER_BAR + CLOSING_MARGIN).min(context / 2)
+/// A slide keeps at most `context - context / SLIDE_ROOM_DIVISOR` tokens. The room it frees is
+/// the number of steps until the next slide, and each slide re-prefills what it keeps: a quarter
+/// of the context spaces slides out enough that their prefill costs a fraction of decoding
+/// (measured in `cargo xtask bench generate`), while the model still hears three quarters of
+/// its context right after one.
+const SLIDE_ROOM_DIVISOR: usize = 4;
+
+/// Most tokens a prime keeps (BOS included) in a model of context `context`.
+pub fn prime_budget(context: usize) -> usize {
+    context - context / PRIME_MARGIN_DIVISOR
 }
 
-/// Tokens needed to close `bars_left` more bars as empty bars, from any point.
-fn closing_tokens(bars_left: u32) -> usize {
-    2 * (bars_left as usize + 1) + CLOSING_MARGIN
+/// Most tokens a sequence keeps (BOS included) after a slide.
+fn slide_budget(context: usize) -> usize {
+    (context - context / SLIDE_ROOM_DIVISOR).max(2)
+}
+
+/// Drops the oldest whole bars of `window` (tokens after BOS) so that at most `limit` remain:
+/// it keeps everything from the earliest `Bar` whose suffix fits. A single bar longer than
+/// `limit` (only possible with a tiny context) is cut inside, which the model tolerates; the
+/// grammar state lives outside the window and is not affected. Returns the tokens dropped.
+fn drop_oldest_bars(window: &mut Vec<TokenId>, bar: TokenId, limit: usize) -> usize {
+    let len = window.len();
+    let cut = window
+        .iter()
+        .enumerate()
+        .position(|(i, &id)| id == bar && len - i <= limit)
+        .unwrap_or(len.saturating_sub(limit));
+    window.drain(..cut);
+    cut
 }
 
 /// What can go wrong when continuing.
@@ -58,8 +92,15 @@ pub enum GenerationError {
     EmptyPrime,
     #[error("the prime's meter {0} has no TimeSig token in this model's vocabulary")]
     UnsupportedMeter(TimeSignature),
-    #[error("{bars} bars do not fit in the model's context of {context} tokens (at most {max})")]
-    TooManyBars { bars: u32, context: usize, max: u32 },
+    #[error(
+        "the prime's last bar alone takes {tokens} tokens, more than the {budget} a prime may \
+         keep in this model's context of {context}"
+    )]
+    BarTooLong {
+        tokens: usize,
+        budget: usize,
+        context: usize,
+    },
     #[error("the prime's tokens break the grammar: {0}")]
     Grammar(#[from] GrammarError),
     #[error("model: {0}")]
@@ -68,10 +109,22 @@ pub enum GenerationError {
     Cancelled,
 }
 
+/// Where a continuation starts when the prime's end is not on a bar line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Start {
+    /// On the bar line at or after the prime's end: a rest at the end of the prime is part of
+    /// the phrase, and every requested bar is a whole new bar.
+    #[default]
+    NextBar,
+    /// Right where the prime stops: the rest of its last bar is the continuation's first bar.
+    Now,
+}
+
 /// How to continue.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
-    /// Bars to generate (the unfinished last bar of the prime counts as the first).
+    /// Bars to generate (with [`Start::Now`], the unfinished last bar of the prime counts as the
+    /// first).
     pub bars: u32,
     /// Softmax temperature; 0 is greedy.
     pub temperature: f32,
@@ -80,6 +133,8 @@ pub struct Settings {
     pub seed: u64,
     /// Continuations to make from one prime (one batch).
     pub variations: usize,
+    /// Where the continuation starts when the prime does not end on a bar line.
+    pub start: Start,
 }
 
 impl Default for Settings {
@@ -90,6 +145,7 @@ impl Default for Settings {
             top_p: 0.95,
             seed: 0,
             variations: 1,
+            start: Start::default(),
         }
     }
 }
@@ -97,8 +153,11 @@ impl Default for Settings {
 impl Settings {
     pub fn validate(&self) -> Result<(), GenerationError> {
         let bad = |s: String| Err(GenerationError::Settings(s));
-        if self.bars == 0 || self.bars > 256 {
-            return bad(format!("bars must be within 1..=256, not {}", self.bars));
+        if self.bars == 0 || self.bars > MAX_BARS {
+            return bad(format!(
+                "bars must be within 1..={MAX_BARS}, not {}",
+                self.bars
+            ));
         }
         if !self.temperature.is_finite() || self.temperature < 0.0 {
             return bad(format!(
@@ -117,6 +176,15 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// Where a prime stops, before the [`Start`] rule moves it to a bar line.
+#[derive(Clone, Copy, Debug)]
+enum PrimeEnd {
+    /// Exactly here (a window cut at a bar line, the plugin's chosen start).
+    At(Ticks),
+    /// At the end of its last note, or here when that is later (a file's End of Track).
+    NotBefore(Ticks),
 }
 
 /// A prime ready to continue: its tokens, the grammar state after them and where on its
@@ -138,7 +206,9 @@ pub struct Prime {
 
 impl Prime {
     /// A prime from a whole score, or from its first `prime_bars` bars (the continuation then
-    /// starts on the next bar line).
+    /// starts on the next bar line). A whole score ends at its last note or its End of Track,
+    /// whichever is later; `settings.start` says whether the continuation waits for the next
+    /// bar line.
     pub fn from_score(
         tok: &Tokenizer,
         grammar: &Grammar,
@@ -148,7 +218,10 @@ impl Prime {
         context: usize,
     ) -> Result<Prime, GenerationError> {
         let mut ids = tok.encode(score);
-        let mut end = None;
+        // The End of Track on the tokens' grid (nearest step, as the tokenizer rounds onsets).
+        let file_tpq = u64::from(score.ticks_per_quarter.max(1));
+        let tok_tpq = u64::from(tok.ticks_per_quarter());
+        let mut end = PrimeEnd::NotBefore(Ticks((score.end.0 * tok_tpq + file_tpq / 2) / file_tpq));
         if let Some(n) = prime_bars {
             let cut = ids
                 .iter()
@@ -163,19 +236,32 @@ impl Prime {
                 ids.iter().for_each(|&id| {
                     d.push(tok.token(id).expect("encoded ids are in the vocabulary"));
                 });
-                end = Some(d.bar_start() + d.ticks_per_bar());
+                end = PrimeEnd::At(d.bar_start() + d.ticks_per_bar());
             }
         }
-        Self::from_ids(tok, grammar, &ids, end, settings, context)
+        Self::build(tok, grammar, &ids, end, settings, context)
     }
 
     /// A prime from MidiTok ids (no BOS). `end` is where the prime stops on the ids' timeline
-    /// (tokenizer resolution); by default the end of its last note.
+    /// (tokenizer resolution); by default the end of its last note. `settings.start` then says
+    /// whether the continuation starts there or on the next bar line.
     pub fn from_ids(
         tok: &Tokenizer,
         grammar: &Grammar,
         ids: &[TokenId],
         end: Option<Ticks>,
+        settings: &Settings,
+        context: usize,
+    ) -> Result<Prime, GenerationError> {
+        let end = end.map_or(PrimeEnd::NotBefore(Ticks::ZERO), PrimeEnd::At);
+        Self::build(tok, grammar, ids, end, settings, context)
+    }
+
+    fn build(
+        tok: &Tokenizer,
+        grammar: &Grammar,
+        ids: &[TokenId],
+        end: PrimeEnd,
         settings: &Settings,
         context: usize,
     ) -> Result<Prime, GenerationError> {
@@ -201,26 +287,18 @@ impl Prime {
         let Some(notes_end) = last_end else {
             return Err(GenerationError::EmptyPrime);
         };
-        let end = end.unwrap_or(notes_end);
+        let end = match end {
+            PrimeEnd::At(end) => end,
+            PrimeEnd::NotBefore(end) => end.max(notes_end),
+        };
         let meter = decoder.meter();
         if !tok.supports(meter) {
             return Err(GenerationError::UnsupportedMeter(meter));
         }
 
-        // Room for the continuation: a typical bar's worth of tokens per bar, at most half the
-        // context. Generation closes bars early (empty) rather than overflow it, so even the
-        // densest continuation keeps its bar count.
-        let reserve = continuation_reserve(settings.bars, context);
-        if closing_tokens(settings.bars) > context / 2 {
-            let max = (context / 2).saturating_sub(CLOSING_MARGIN) / 2;
-            return Err(GenerationError::TooManyBars {
-                bars: settings.bars,
-                context,
-                max: max.saturating_sub(1) as u32,
-            });
-        }
-        let budget = context - reserve;
-        // Keep the last whole bars that fit (and at least the last bar).
+        // Keep the last whole bars that fit in the context less a small margin: generation
+        // slides past the context's end, so the prime need not leave room for the bars to come.
+        let budget = prime_budget(context);
         let first_kept = bar_starts
             .iter()
             .find(|(i, _)| 1 + ids.len() - i <= budget)
@@ -228,6 +306,13 @@ impl Prime {
             .copied()
             .unwrap_or((0, Ticks::ZERO));
         let kept = &ids[first_kept.0..];
+        if 1 + kept.len() > budget {
+            return Err(GenerationError::BarTooLong {
+                tokens: kept.len(),
+                budget,
+                context,
+            });
+        }
         let dropped = first_kept.1;
 
         let mut prime_ids = Vec::with_capacity(kept.len() + 8);
@@ -239,19 +324,27 @@ impl Prime {
             decoder.push(tok.token(id).expect("checked above"));
         }
 
-        // Walk to the bar the continuation starts in.
+        // Walk to the bar the continuation starts in (with `Start::NextBar`, to the bar line at
+        // or after the prime's end).
         let start = Ticks(end.0.saturating_sub(dropped.0));
         let bar_len = decoder.ticks_per_bar();
         let mut bar_start = decoder.bar_start();
-        let start = start.max(bar_start);
+        let mut start = start.max(bar_start);
         let meter_id = tok.time_signature_id(meter).expect("checked above");
-        while start >= bar_start + bar_len {
-            for id in [tok.bar_id(), meter_id] {
-                grammar.advance(&mut state, id)?;
-                decoder.push(tok.token(id).expect("vocabulary ids"));
-                prime_ids.push(id);
+        loop {
+            while start >= bar_start + bar_len {
+                for id in [tok.bar_id(), meter_id] {
+                    grammar.advance(&mut state, id)?;
+                    decoder.push(tok.token(id).expect("vocabulary ids"));
+                    prime_ids.push(id);
+                }
+                bar_start = decoder.bar_start();
             }
-            bar_start = decoder.bar_start();
+            if settings.start == Start::NextBar && start > bar_start {
+                start = bar_start + bar_len;
+            } else {
+                break;
+            }
         }
         let step = decoder.ticks_per_position().0.max(1);
         let min_position = (start - bar_start).0.div_ceil(step);
@@ -336,6 +429,10 @@ pub struct GenerationStats {
     pub steps: usize,
     /// Time spent masking and sampling (the rest of a step is the model).
     pub sampling: Duration,
+    /// Slides: a sequence's cache rebuilt from its last whole bars when it was full.
+    pub slides: usize,
+    /// Time the slides took (their re-prefill).
+    pub sliding: Duration,
 }
 
 /// Generation for one model.
@@ -364,6 +461,12 @@ impl<'m> Generator<'m> {
     /// The model's context length in tokens.
     pub fn context(&self) -> usize {
         self.model.config.max_seq_len
+    }
+
+    /// Most tokens (BOS included) a prime keeps before its oldest bars are cut (see
+    /// [`prime_budget`]).
+    pub fn prime_budget(&self) -> usize {
+        prime_budget(self.context())
     }
 
     /// A prime from a score (see [`Prime::from_score`]) sized to this model's context.
@@ -439,14 +542,12 @@ impl<'m> Generator<'m> {
         let device = self.model.decoder.device().clone();
         let k = settings.variations;
         let context = self.context();
-        let capacity =
-            (prime.ids.len() + continuation_reserve(settings.bars, context)).min(context);
 
         let reusable = prefix.filter(|p| !p.ids.is_empty() && prime.ids.starts_with(&p.ids));
         let (mut cache, done, previous) = match reusable {
             // A fork shares the prefix's positions instead of copying them.
             Some(p) => (p.cache.fork()?, p.ids.len(), p.last_logits.clone()),
-            None => (self.model.new_cache(capacity), 0, None),
+            None => (self.model.new_cache(context), 0, None),
         };
         let rest = &prime.ids[done..];
         let last = if rest.is_empty() {
@@ -456,8 +557,8 @@ impl<'m> Generator<'m> {
             let logits = self.model.step(&input, &mut cache)?;
             logits.narrow(1, rest.len() - 1, 1)?
         };
-        let mut logits = if k > 1 { last.repeat((k, 1, 1))? } else { last };
-        let mut cache: ModelCache = if k > 1 { cache.fork()? } else { cache };
+        let logits = if k > 1 { last.repeat((k, 1, 1))? } else { last };
+        let cache: ModelCache = if k > 1 { cache.fork()? } else { cache };
         let mut stats = GenerationStats {
             prefill: started.elapsed(),
             ..Default::default()
@@ -471,16 +572,21 @@ impl<'m> Generator<'m> {
                 decoder: prime.decoder.clone(),
                 bar: 1,
                 notes_in_bar: 0,
-                ids: Vec::with_capacity(capacity - prime.ids.len()),
+                window: prime.ids[1..].to_vec(),
+                ids: Vec::new(),
                 notes: Vec::new(),
                 done: false,
             })
             .collect();
         let mut sampler = Sampler::new(tok.vocab_size());
-        // Which run each row of the batch belongs to. A run that finishes leaves the batch, so
+        // The sequences being decoded, as batches that share a cache length: one batch of all
+        // variations until a slide gives each its own. A run that finishes leaves its batch, so
         // the steps after it cost what the remaining runs need.
-        let mut active: Vec<usize> = (0..k).collect();
-        let mut next_ids: Vec<TokenId> = vec![tok.pad_id(); k];
+        let mut batches = vec![Batch {
+            cache,
+            runs: (0..k).collect(),
+            logits,
+        }];
         let vocab = tok.vocab_size();
         let (bar, eos) = (tok.bar_id(), tok.eos_id());
 
@@ -490,79 +596,81 @@ impl<'m> Generator<'m> {
             }
             let mut stop = false;
             let sampling_started = Instant::now();
-            with_rows(&logits, vocab, |r, row| {
-                let v = active[r];
-                let run = &mut runs[v];
-                if run.done || stop {
-                    next_ids[r] = tok.pad_id();
-                    return;
-                }
-                let mut allowed = self.grammar.allowed(&run.state);
-                let last_bar = run.bar >= settings.bars;
-                if run.state.at_bar_boundary() {
-                    // Close the bar now if it is full or the context is nearly used up.
-                    let left = context.saturating_sub(prime.ids.len() + run.ids.len());
-                    let must_close = run.notes_in_bar >= MAX_NOTES_PER_BAR
-                        || left <= closing_tokens(settings.bars - run.bar.min(settings.bars));
-                    if last_bar {
-                        // In the last bar a new bar line means "finished": Bar and EOS both end.
-                        if must_close {
-                            allowed = allowed.restricted_to(&[eos]);
+            for batch in &batches {
+                with_rows(&batch.logits, vocab, |r, row| {
+                    let v = batch.runs[r];
+                    let run = &mut runs[v];
+                    if run.done || stop {
+                        return;
+                    }
+                    let mut allowed = self.grammar.allowed(&run.state);
+                    let last_bar = run.bar >= settings.bars;
+                    if run.state.at_bar_boundary() {
+                        if run.notes_in_bar == 0 {
+                            // Every bar gets at least one note: an empty bar in an answer reads
+                            // as the model giving up, not as a rest.
+                            let mut with_note = allowed;
+                            with_note.remove(bar);
+                            with_note.remove(eos);
+                            if !with_note.is_empty() {
+                                allowed = with_note;
+                            }
+                        } else if run.notes_in_bar >= MAX_NOTES_PER_BAR {
+                            // In the last bar a new bar line means "finished": Bar and EOS
+                            // both end.
+                            allowed = allowed.restricted_to(&[if last_bar { eos } else { bar }]);
                         }
-                    } else {
-                        allowed.remove(eos);
-                        if must_close {
-                            allowed = allowed.restricted_to(&[bar]);
+                        if !last_bar {
+                            allowed.remove(eos);
                         }
                     }
-                }
-                let id = sampler
-                    .sample(
-                        row,
-                        &allowed,
-                        settings.temperature,
-                        settings.top_p,
-                        &mut run.rng,
-                    )
-                    .unwrap_or(eos);
-                if last_bar && (id == bar || id == eos) {
-                    run.done = true;
-                    next_ids[r] = tok.pad_id();
-                    return;
-                }
-                self.grammar.advance_unchecked(&mut run.state, id);
-                run.ids.push(id);
-                stats.tokens += 1;
-                next_ids[r] = id;
-                let token = tok.token(id).expect("sampled ids are allowed ids");
-                match token {
-                    Token::Bar => {
-                        run.bar += 1;
-                        run.notes_in_bar = 0;
+                    let id = sampler
+                        .sample(
+                            row,
+                            &allowed,
+                            settings.temperature,
+                            settings.top_p,
+                            &mut run.rng,
+                        )
+                        .unwrap_or(eos);
+                    if last_bar && (id == bar || id == eos) {
+                        run.done = true;
+                        return;
                     }
-                    Token::Duration(_) => run.notes_in_bar += 1,
-                    _ => {}
-                }
-                if let Decoded::Note(note) = run.decoder.push(token) {
-                    let rel = Note {
-                        start: note.start - prime.start_in_tokens,
-                        ..note
-                    };
-                    run.notes.push(rel);
-                    let tpq = prime.ticks_per_quarter;
-                    let streamed = StreamedNote {
-                        variation: v,
-                        onset: rel.start.to_quarters(tpq),
-                        duration: rel.duration.to_quarters(tpq),
-                        pitch: rel.pitch,
-                        velocity: rel.velocity,
-                    };
-                    stats.first_note.get_or_insert_with(|| started.elapsed());
-                    if on_note(&streamed).is_break() {
-                        stop = true;
+                    self.grammar.advance_unchecked(&mut run.state, id);
+                    run.ids.push(id);
+                    run.window.push(id);
+                    stats.tokens += 1;
+                    let token = tok.token(id).expect("sampled ids are allowed ids");
+                    match token {
+                        Token::Bar => {
+                            run.bar += 1;
+                            run.notes_in_bar = 0;
+                        }
+                        Token::Duration(_) => run.notes_in_bar += 1,
+                        _ => {}
                     }
-                }
-            })?;
+                    if let Decoded::Note(note) = run.decoder.push(token) {
+                        let rel = Note {
+                            start: note.start - prime.start_in_tokens,
+                            ..note
+                        };
+                        run.notes.push(rel);
+                        let tpq = prime.ticks_per_quarter;
+                        let streamed = StreamedNote {
+                            variation: v,
+                            onset: rel.start.to_quarters(tpq),
+                            duration: rel.duration.to_quarters(tpq),
+                            pitch: rel.pitch,
+                            velocity: rel.velocity,
+                        };
+                        stats.first_note.get_or_insert_with(|| started.elapsed());
+                        if on_note(&streamed).is_break() {
+                            stop = true;
+                        }
+                    }
+                })?;
+            }
             stats.sampling += sampling_started.elapsed();
             if stop {
                 return Err(GenerationError::Cancelled);
@@ -570,17 +678,39 @@ impl<'m> Generator<'m> {
             if runs.iter().all(|r| r.done) {
                 break;
             }
-            let keep: Vec<usize> = (0..active.len())
-                .filter(|&r| !runs[active[r]].done)
-                .collect();
-            if keep.len() < active.len() {
-                cache = cache.select_rows(&keep)?;
-                active = keep.iter().map(|&r| active[r]).collect();
-                next_ids = keep.iter().map(|&r| next_ids[r]).collect();
+            let mut next = Vec::with_capacity(batches.len());
+            for mut batch in batches {
+                let keep: Vec<usize> = (0..batch.runs.len())
+                    .filter(|&r| !runs[batch.runs[r]].done)
+                    .collect();
+                if keep.is_empty() {
+                    continue;
+                }
+                if keep.len() < batch.runs.len() {
+                    batch.cache = batch.cache.select_rows(&keep)?;
+                    batch.runs = keep.iter().map(|&r| batch.runs[r]).collect();
+                }
+                if batch.cache.len() >= context {
+                    // Full: each sequence keeps its own last whole bars and goes on alone.
+                    let sliding = Instant::now();
+                    for &v in &batch.runs {
+                        next.push(self.slide(&mut runs[v], v, context)?);
+                        stats.slides += 1;
+                    }
+                    stats.sliding += sliding.elapsed();
+                    continue;
+                }
+                let input: Vec<TokenId> = batch
+                    .runs
+                    .iter()
+                    .map(|&v| *runs[v].window.last().expect("a token was just sampled"))
+                    .collect();
+                let input = Tensor::from_slice(&input, (input.len(), 1), &device)?;
+                batch.logits = self.model.step(&input, &mut batch.cache)?;
+                stats.steps += 1;
+                next.push(batch);
             }
-            let input = Tensor::from_slice(&next_ids, (active.len(), 1), &device)?;
-            logits = self.model.step(&input, &mut cache)?;
-            stats.steps += 1;
+            batches = next;
         }
         stats.total = started.elapsed();
 
@@ -599,6 +729,24 @@ impl<'m> Generator<'m> {
             .collect();
         Ok((continuations, stats))
     }
+
+    /// Drops a run's oldest whole bars and rebuilds its cache from BOS and what is kept (its
+    /// newest token included), as a batch of its own.
+    fn slide(&self, run: &mut Run, v: usize, context: usize) -> Result<Batch, GenerationError> {
+        let tok = &self.model.tokenizer;
+        drop_oldest_bars(&mut run.window, tok.bar_id(), slide_budget(context) - 1);
+        let mut ids = Vec::with_capacity(run.window.len() + 1);
+        ids.push(tok.bos_id());
+        ids.extend_from_slice(&run.window);
+        let mut cache = self.model.new_cache(context);
+        let input = Tensor::from_slice(&ids, (1, ids.len()), self.model.decoder.device())?;
+        let logits = self.model.step(&input, &mut cache)?;
+        Ok(Batch {
+            cache,
+            runs: vec![v],
+            logits: logits.narrow(1, ids.len() - 1, 1)?,
+        })
+    }
 }
 
 /// Tokens already in a model cache, for incremental prefill (see [`Generator::extend_prefix`]).
@@ -616,6 +764,15 @@ impl Prefix {
     }
 }
 
+/// Sequences decoded together: their caches hold the same number of positions.
+struct Batch {
+    cache: ModelCache,
+    /// The runs whose sequences are the batch's rows, in row order.
+    runs: Vec<usize>,
+    /// The next-token logits of each row, `(rows, 1, vocab)`.
+    logits: Tensor,
+}
+
 /// One variation's progress.
 struct Run {
     rng: ChaCha8Rng,
@@ -625,6 +782,10 @@ struct Run {
     /// The continuation bar being written, from 1.
     bar: u32,
     notes_in_bar: usize,
+    /// The tokens in this run's cache after BOS: the prime's kept bars and what was sampled,
+    /// less the bars slides dropped.
+    window: Vec<TokenId>,
+    /// Sampled tokens, in order.
     ids: Vec<TokenId>,
     notes: Vec<Note>,
     done: bool,
@@ -654,4 +815,29 @@ fn with_rows(
         f(r, &data[r * vocab..(r + 1) * vocab]);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::drop_oldest_bars;
+
+    #[test]
+    fn a_slide_drops_whole_bars_from_the_oldest() {
+        const BAR: u32 = 4;
+        // Three bars of 5, 4 and 3 tokens.
+        let bars = [BAR, 1, 2, 3, 9, BAR, 1, 2, 3, BAR, 1, 2];
+        let mut window = bars.to_vec();
+        assert_eq!(drop_oldest_bars(&mut window, BAR, 8), 5);
+        assert_eq!(window, &bars[5..]);
+        let mut window = bars.to_vec();
+        assert_eq!(drop_oldest_bars(&mut window, BAR, 6), 9);
+        assert_eq!(window, &bars[9..]);
+        // Everything fits: nothing goes.
+        let mut window = bars.to_vec();
+        assert_eq!(drop_oldest_bars(&mut window, BAR, 12), 0);
+        // The last bar alone is too long: cut inside it, keeping the newest tokens.
+        let mut window = bars.to_vec();
+        assert_eq!(drop_oldest_bars(&mut window, BAR, 2), 10);
+        assert_eq!(window, &[1, 2]);
+    }
 }

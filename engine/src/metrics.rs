@@ -237,6 +237,19 @@ pub fn copied_bar_share(prime: &[Note], continuation: &[Note], bar_len: Ticks, b
     copied as f64 / f64::from(bars)
 }
 
+/// Which of the `bars` bars (from 0, each `bar_len` long from the continuation's start) have no
+/// note sounding in them: no onset, and nothing held over from before. A continuation that
+/// stops partway, or leaves its last bars silent, shows here while still following the grammar.
+pub fn silent_bars(notes: &[Note], bar_len: Ticks, bars: u32) -> Vec<u32> {
+    let len = bar_len.0.max(1);
+    (0..bars)
+        .filter(|&bar| {
+            let (from, to) = (u64::from(bar) * len, u64::from(bar + 1) * len);
+            !notes.iter().any(|n| n.start.0 < to && n.end().0 > from)
+        })
+        .collect()
+}
+
 /// Whether `ids` (BOS first) follow the token grammar from start to end: the guarantee
 /// generation makes, checked rather than assumed.
 pub fn ids_follow_grammar(grammar: &Grammar, ids: &[TokenId]) -> bool {
@@ -269,6 +282,22 @@ pub fn notes_follow_grammar(tok: &Tokenizer, grammar: &Grammar, score: &Score) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bar_is_silent_only_when_nothing_sounds_in_it() {
+        let note = |start, duration| Note {
+            start: Ticks(start),
+            duration: Ticks(duration),
+            pitch: 60,
+            velocity: 80,
+        };
+        // Bars of 96: an onset in bar 0, a note held from bar 1 into bar 2, nothing in bar 3.
+        let notes = [note(0, 10), note(150, 100)];
+        assert_eq!(silent_bars(&notes, Ticks(96), 4), vec![3]);
+        // A note ending exactly on a bar line does not sound in the next bar.
+        assert_eq!(silent_bars(&[note(0, 96)], Ticks(96), 2), vec![1]);
+        assert_eq!(silent_bars(&[], Ticks(96), 2), vec![0, 1]);
+    }
 
     fn note(start: u64, duration: u64, pitch: u8) -> Note {
         Note {

@@ -80,6 +80,10 @@ pub struct Score {
     pub time_signatures: Vec<TimeSignatureChange>,
     /// Sorted by time (stable).
     pub tempos: Vec<TempoChange>,
+    /// Where the file says the music ends: its latest End of Track. A clip exported from a DAW
+    /// ends on its last bar line even when its last note stops earlier, and that rest belongs to
+    /// the phrase, so a continuation starts after it. Zero when unknown (a score built in code).
+    pub end: Ticks,
 }
 
 /// Why a MIDI file could not be read or written, with the file it concerns.
@@ -142,6 +146,7 @@ impl Score {
                 time: Ticks::ZERO,
                 micros_per_quarter: 500_000,
             }],
+            end: Ticks::ZERO,
         }
     }
 
@@ -178,6 +183,7 @@ impl Score {
             notes: Vec::new(),
             time_signatures: Vec::new(),
             tempos: Vec::new(),
+            end: Ticks::ZERO,
         };
         for track in &smf.tracks {
             reader.read_track(track, max_time, &mut score)?;
@@ -229,7 +235,7 @@ impl Score {
             conductor.push((tempo.time, TrackEventKind::Meta(MetaMessage::Tempo(mpq))));
         }
         conductor.sort_by_key(|(t, _)| *t);
-        let mut smf_tracks = vec![to_track(conductor)?];
+        let mut smf_tracks = vec![to_track(conductor, self.end)?];
         for track in tracks {
             let mut events: Vec<(Ticks, u8, TrackEventKind<'_>)> = vec![(
                 Ticks::ZERO,
@@ -265,6 +271,7 @@ impl Score {
             events.sort_by_key(|(t, order, _)| (*t, *order));
             smf_tracks.push(to_track(
                 events.into_iter().map(|(t, _, k)| (t, k)).collect(),
+                self.end,
             )?);
         }
         let smf = Smf {
@@ -313,10 +320,12 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     })
 }
 
+/// A track from timed events, ended no earlier than `end` (the score's End of Track).
 fn to_track(
     mut events: Vec<(Ticks, TrackEventKind<'_>)>,
+    end: Ticks,
 ) -> Result<Vec<TrackEvent<'_>>, MidiErrorKind> {
-    let end = events.last().map_or(Ticks::ZERO, |(t, _)| *t);
+    let end = events.last().map_or(Ticks::ZERO, |(t, _)| *t).max(end);
     events.push((end, TrackEventKind::Meta(MetaMessage::EndOfTrack)));
     let mut previous = Ticks::ZERO;
     events
@@ -476,6 +485,11 @@ impl NoteReader {
                     time: now,
                     micros_per_quarter: mpq.as_int(),
                 }),
+                // Past `max_time` it says nothing the notes do not (and must not push a
+                // continuation's start beyond what a score may hold).
+                TrackEventKind::Meta(MetaMessage::EndOfTrack) if now <= max_time => {
+                    score.end = score.end.max(now);
+                }
                 _ => {}
             }
         }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use candle_core::Device;
-use engine::generation::{GenerationError, Generator, Settings, StreamedNote};
+use engine::generation::{GenerationError, Generator, Settings, Start, StreamedNote, MAX_BARS};
 use engine::midi::Score;
 use engine::models::{Model, ModelConfig};
 use engine::time::Ticks;
@@ -67,6 +67,7 @@ fn a_thousand_hot_generations_always_decode_with_the_exact_bar_count() {
             top_p: 1.0,
             seed: seed * 10,
             variations: 10,
+            ..Settings::default()
         };
         let prime = generator.prime(&prime_score, Some(2), &settings).unwrap();
         let (continuations, _) = generator
@@ -200,6 +201,7 @@ fn a_prime_in_three_four_is_continued_in_three_four() {
             top_p: 1.0,
             seed,
             variations: 1,
+            ..Settings::default()
         };
         let prime = generator.prime(&score, None, &settings).unwrap();
         assert_eq!(prime.meter().to_string(), "3/4");
@@ -212,7 +214,7 @@ fn a_prime_in_three_four_is_continued_in_three_four() {
 }
 
 #[test]
-fn a_prime_ending_mid_bar_is_finished_first_and_onsets_never_precede_its_end() {
+fn with_start_now_a_prime_ending_mid_bar_is_finished_first_and_onsets_never_precede_its_end() {
     let model = tiny_model();
     let generator = Generator::new(&model).unwrap();
     let mut score = example("pop_4_4.mid");
@@ -222,6 +224,8 @@ fn a_prime_ending_mid_bar_is_finished_first_and_onsets_never_precede_its_end() {
     for n in &mut score.notes {
         n.duration = Ticks(n.duration.0.min(6 * q - n.start.0));
     }
+    // The file's End of Track (bar 4) would be the prime's end: this clip ends with its notes.
+    score.end = Ticks::ZERO;
     for seed in 0..50 {
         let settings = Settings {
             bars: 2,
@@ -229,6 +233,7 @@ fn a_prime_ending_mid_bar_is_finished_first_and_onsets_never_precede_its_end() {
             top_p: 1.0,
             seed,
             variations: 1,
+            start: Start::Now,
         };
         let prime = generator.prime(&score, None, &settings).unwrap();
         assert_eq!(prime.start(), Ticks(6 * 24), "the prime ends at beat 6");
@@ -283,13 +288,19 @@ fn bad_settings_and_empty_primes_are_refused() {
         Err(GenerationError::EmptyPrime)
     ));
     let too_many = Settings {
-        bars: 256,
+        bars: MAX_BARS + 1,
         ..Settings::default()
     };
     assert!(matches!(
         generator.prime(&score, None, &too_many),
-        Err(GenerationError::TooManyBars { .. })
+        Err(GenerationError::Settings(_))
     ));
+    // Long continuations are bounded by the sanity limit only, not by the context.
+    let long = Settings {
+        bars: MAX_BARS,
+        ..Settings::default()
+    };
+    assert!(generator.prime(&score, None, &long).is_ok());
 }
 
 #[test]
@@ -413,10 +424,14 @@ fn a_prime_longer_than_the_context_keeps_its_last_whole_bars() {
         ..Settings::default()
     };
     let prime = generator.prime(&long, None, &settings).unwrap();
-    // Room is left for the continuation, the kept part starts on a bar line, and the start is
-    // still the end of the whole prime (bar 40, in 24-per-quarter ticks).
+    // The prime fills the context less a small margin (generation slides past its end), the
+    // kept part starts on a bar line, and the start is still the end of the whole prime (bar
+    // 40, in 24-per-quarter ticks).
+    let budget = engine::generation::prime_budget(1024);
+    assert_eq!(generator.prime_budget(), budget);
+    let kept_tokens = prime.ids().len() - 2; // less the walk to the next bar
     assert!(
-        prime.ids().len() + 200 <= 1024,
+        kept_tokens <= budget && kept_tokens > 1024 / 2,
         "{} prime tokens",
         prime.ids().len()
     );
@@ -432,4 +447,134 @@ fn a_prime_longer_than_the_context_keeps_its_last_whole_bars() {
         .generate(&prime, &settings, None, |_| ControlFlow::Continue(()))
         .unwrap();
     assert_eq!(c[0].length, Ticks(2 * 4 * 24));
+}
+
+/// A 4-bar prime in `meter` (bar of `bar_quarters` quarter notes) whose notes stop half-way
+/// through its last bar: a clip that ends with a rest.
+fn prime_ending_with_a_rest(numerator: u8, denominator: u8) -> Score {
+    let mut score = Score::new(480);
+    score.time_signatures[0].signature =
+        engine::time::TimeSignature::new(numerator, denominator).unwrap();
+    let bar = 480 * 4 * u64::from(numerator) / u64::from(denominator);
+    let eighth = 240;
+    let last = 3 * bar + bar / 2;
+    score.notes = (0..last / eighth)
+        .map(|i| engine::midi::Note {
+            start: Ticks(i * eighth),
+            duration: Ticks(eighth),
+            pitch: 60 + (i % 5) as u8,
+            velocity: 80,
+        })
+        .collect();
+    score
+}
+
+#[test]
+fn a_prime_ending_with_a_rest_is_answered_on_the_next_bar_line_unless_asked_now() {
+    let model = tiny_model();
+    let generator = Generator::new(&model).unwrap();
+    for (num, den) in [(4, 4), (3, 4), (6, 8)] {
+        let mut score = prime_ending_with_a_rest(num, den);
+        let bar = 24 * 4 * u64::from(num) / u64::from(den); // on the tokenizer's grid
+        for seed in 0..10 {
+            let next_bar = Settings {
+                bars: 2,
+                temperature: 1.5,
+                top_p: 1.0,
+                seed,
+                ..Settings::default()
+            };
+            assert_eq!(next_bar.start, Start::NextBar, "the default");
+            let prime = generator.prime(&score, None, &next_bar).unwrap();
+            assert_eq!(prime.start(), Ticks(4 * bar), "{num}/{den}: after the rest");
+            let (c, _) = generator
+                .generate(&prime, &next_bar, None, |_| ControlFlow::Continue(()))
+                .unwrap();
+            assert_eq!(c[0].length, Ticks(2 * bar));
+            assert!(c[0].notes.iter().all(|n| n.start < c[0].length));
+
+            // `now`: the rest is the first bar, and it gets a note (every bar does).
+            let now = Settings {
+                start: Start::Now,
+                ..next_bar.clone()
+            };
+            let prime = generator.prime(&score, None, &now).unwrap();
+            assert_eq!(prime.start(), Ticks(3 * bar + bar / 2), "{num}/{den}");
+            let (c, _) = generator
+                .generate(&prime, &now, None, |_| ControlFlow::Continue(()))
+                .unwrap();
+            assert_eq!(c[0].length, Ticks(bar / 2 + bar));
+            let first = c[0].notes.first().expect("a note in the rest");
+            assert!(first.start < Ticks(bar / 2), "{num}/{den}: {first}");
+        }
+        // An End of Track after the last note's bar (a clip with a silent bar at its end)
+        // moves the start to the bar line at or after it.
+        score.end = Ticks(5 * bar * 20);
+        let prime = generator.prime(&score, None, &Settings::default()).unwrap();
+        assert_eq!(prime.start(), Ticks(5 * bar), "{num}/{den}");
+    }
+}
+
+/// A tiny model whose context holds about two bars of the example, so continuations slide.
+fn short_context_model() -> Model {
+    let mut config = ModelConfig::tiny();
+    config.max_seq_len = 96;
+    Model::random(config, Tokenizer::reference(), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn continuations_slide_past_the_context_and_keep_every_bar() {
+    let model = short_context_model();
+    let generator = Generator::new(&model).unwrap();
+    let tok = &model.tokenizer;
+    let score = example("pop_4_4.mid");
+    let bars = 24;
+    let settings = Settings {
+        bars,
+        temperature: 1.0,
+        seed: 5,
+        variations: 3,
+        ..Settings::default()
+    };
+    let prime = generator.prime(&score, None, &settings).unwrap();
+    assert!(prime.ids().len() <= generator.prime_budget() + 2);
+    let mut streamed: Vec<StreamedNote> = Vec::new();
+    let (continuations, stats) = generator
+        .generate(&prime, &settings, None, |n| {
+            streamed.push(*n);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert!(stats.slides >= 3, "{} slides", stats.slides);
+    assert_eq!(continuations.len(), 3, "no variation left behind");
+    let bar = 4 * 24;
+    for (v, c) in continuations.iter().enumerate() {
+        check(tok, &c.ids, &c.notes, bars, "4/4");
+        assert_eq!(c.length, Ticks(u64::from(bars) * bar));
+        // Every bar has a note, to the last one.
+        for b in 0..u64::from(bars) {
+            assert!(
+                c.notes.iter().any(|n| n.start.0 / bar == b),
+                "variation {v}: bar {} is empty",
+                b + 1
+            );
+        }
+        // What streamed is what was returned, across the slides.
+        let mine: Vec<(f64, u8)> = streamed
+            .iter()
+            .filter(|n| n.variation == v)
+            .map(|n| (n.onset.0, n.pitch))
+            .collect();
+        let returned: Vec<(f64, u8)> = c
+            .notes
+            .iter()
+            .map(|n| (n.start.0 as f64 / 24.0, n.pitch))
+            .collect();
+        assert_eq!(mine, returned, "variation {v}");
+    }
+    // The same seed gives the same batch, slides and all.
+    let (again, _) = generator
+        .generate(&prime, &settings, None, |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!(again, continuations);
 }

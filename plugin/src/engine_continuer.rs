@@ -9,7 +9,7 @@
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use engine::generation::{GenerationError, Generator, Prefix, Prime, Settings};
+use engine::generation::{GenerationError, Generator, Prefix, Prime, Settings, Start};
 use engine::midi::{Note, Score, TimeSignatureChange};
 use engine::models::{LoadOptions, Model, ModelFiles, Precision};
 
@@ -152,7 +152,7 @@ impl Continuer for EngineContinuer {
             _ => generator.prefix(),
         };
         let done = prefix.ids().len();
-        if ids.len() >= generator.context() / 2 {
+        if ids.len() > generator.prime_budget() {
             return; // a prime this long gets cut to fit the context, and would not match
         }
         match generator.extend_prefix(&mut prefix, &ids[done..]) {
@@ -175,6 +175,8 @@ impl Continuer for EngineContinuer {
             top_p: request.top_p,
             seed: request.seed,
             variations: 1,
+            // The plugin picks its own start (its Start parameter): the engine keeps it.
+            start: Start::Now,
         };
         let tok = generator.tokenizer();
         let ids = tok.encode(&score(&request.prime)?);

@@ -75,6 +75,7 @@ pub fn run(args: Args) -> Result<()> {
             top_p: 0.95,
             seed,
             variations: k,
+            ..Settings::default()
         };
         let prime = generator.prime(&score, None, &settings)?;
         let (continuations, stats) = generator

@@ -1,13 +1,13 @@
 //! `cargo xtask continue IN.mid -o OUT.mid [--bars 4] [--prime-bars N] [--temperature 1.0]
-//! [--top-p 0.95] [--seed S] [--variations K] [--model DIR] [--adapter FILE]
-//! [--only-continuation]`: the system's main job, from a MIDI file to its continuation.
+//! [--top-p 0.95] [--seed S] [--variations K] [--start next-bar|now] [--model DIR]
+//! [--adapter FILE] [--only-continuation]`: the system's main job, from a MIDI file to its continuation.
 
 use std::io::{IsTerminal, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use engine::generation::{Continuation, Generator, Prime, Settings};
+use engine::generation::{Continuation, Generator, Prime, Settings, Start};
 use engine::midi::{Note, NoteTrack, Score};
 use engine::models::{LoadOptions, Model, Precision};
 use engine::time::Ticks;
@@ -19,9 +19,14 @@ pub struct Args {
     /// Where to write the result (with --variations K > 1: OUT-1.mid … OUT-K.mid).
     #[arg(short, long)]
     output: PathBuf,
-    /// Bars to generate; a prime ending mid-bar is finished first, as part of the first bar.
+    /// Bars to generate (at most 1024; longer continuations slide the model's context along).
     #[arg(long, default_value_t = 4)]
     bars: u32,
+    /// Where the continuation starts: on the bar line at or after the prime's end (its last
+    /// note's end, or its End of Track when later), or right where it stops (`now`: the rest
+    /// of its last bar then counts as the first bar).
+    #[arg(long, value_enum, default_value_t = StartArg::NextBar)]
+    start: StartArg,
     /// Use only the first N bars of the input as the prime (default: all of it).
     #[arg(long)]
     prime_bars: Option<u32>,
@@ -51,6 +56,22 @@ pub struct Args {
     precision: Precision,
 }
 
+/// `--start`: [`Start`] as a command-line value.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum StartArg {
+    NextBar,
+    Now,
+}
+
+impl From<StartArg> for Start {
+    fn from(arg: StartArg) -> Start {
+        match arg {
+            StartArg::NextBar => Start::NextBar,
+            StartArg::Now => Start::Now,
+        }
+    }
+}
+
 /// The embedded default model, in the repository's `assets/`.
 pub fn default_model_dir() -> PathBuf {
     let xtask = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -64,6 +85,7 @@ pub fn run(args: Args) -> Result<()> {
         top_p: args.top_p,
         seed: args.seed,
         variations: args.variations,
+        start: args.start.into(),
     };
     settings.validate()?;
     if args.prime_bars == Some(0) {

@@ -82,6 +82,13 @@ pub struct Measures {
     /// Share of bars that copy a prime bar note for note.
     pub copied_bar_share: f64,
     pub grammar_valid: bool,
+    /// Bars requested.
+    pub bars: u32,
+    /// Requested bars (from 1) with nothing sounding in them.
+    pub silent_bars: Vec<u32>,
+    /// The continuation follows the grammar and every requested bar has a note sounding: a
+    /// continuation that falls silent before its end is broken even when it decodes.
+    pub valid: bool,
     /// Seconds this system took for the case.
     pub seconds: f64,
 }
@@ -89,6 +96,7 @@ pub struct Measures {
 /// Measures `output` of a window against its truth.
 pub fn measure(window: &Window, output: &Output, step: Ticks) -> Measures {
     let (notes, truth) = (&output.notes, &window.truth);
+    let silent = metrics::silent_bars(notes, window.bar_len, window.bars);
     Measures {
         notes: notes.len(),
         pitch_class_overlap: metrics::pitch_class_overlap(notes, truth),
@@ -110,6 +118,9 @@ pub fn measure(window: &Window, output: &Output, step: Ticks) -> Measures {
             window.bars,
         ),
         grammar_valid: output.grammar_valid,
+        bars: window.bars,
+        silent_bars: silent.iter().map(|b| b + 1).collect(),
+        valid: output.grammar_valid && silent.is_empty(),
         seconds: output.seconds,
     }
 }
@@ -152,6 +163,12 @@ pub struct Summary {
     pub copied_bar_share: Option<f64>,
     /// Share of cases whose output follows the grammar.
     pub grammar_valid: f64,
+    /// Share of cases with a requested bar where nothing sounds.
+    pub silent_bar: f64,
+    /// Share of cases whose last requested bar is silent.
+    pub silent_last_bar: f64,
+    /// Share of cases that follow the grammar with no silent bar.
+    pub valid: f64,
     pub seconds_per_case: f64,
 }
 
@@ -173,6 +190,13 @@ fn summarize(ms: &[&Measures]) -> Summary {
         distinct_4gram_ratio: mean(ms.iter().map(|m| m.distinct_4gram_ratio)),
         copied_bar_share: mean(ms.iter().map(|m| Some(m.copied_bar_share))),
         grammar_valid: ms.iter().filter(|m| m.grammar_valid).count() as f64 / n,
+        silent_bar: ms.iter().filter(|m| !m.silent_bars.is_empty()).count() as f64 / n,
+        silent_last_bar: ms
+            .iter()
+            .filter(|m| m.silent_bars.last() == Some(&m.bars))
+            .count() as f64
+            / n,
+        valid: ms.iter().filter(|m| m.valid).count() as f64 / n,
         seconds_per_case: ms.iter().map(|m| m.seconds).sum::<f64>() / n,
     }
 }
@@ -250,6 +274,7 @@ pub(crate) fn window_settings(
         top_p,
         seed,
         variations: 1,
+        ..Settings::default()
     };
     settings.validate()?;
     Ok(settings)
@@ -450,7 +475,7 @@ enum Goal {
 /// The table's measures: header, how it is read off a summary, and its goal.
 type Column = (&'static str, fn(&Summary) -> Option<f64>, Goal);
 
-const COLUMNS: [Column; 10] = [
+const COLUMNS: [Column; 13] = [
     ("notes", |s| Some(s.notes), Goal::Truth),
     ("pc-ovl", |s| s.pitch_class_overlap, Goal::High),
     ("density", |s| s.density_ratio, Goal::One),
@@ -459,7 +484,10 @@ const COLUMNS: [Column; 10] = [
     ("key", |s| s.key_consistency, Goal::Truth),
     ("dist-4", |s| s.distinct_4gram_ratio, Goal::Truth),
     ("copied", |s| s.copied_bar_share, Goal::Truth),
-    ("valid", |s| Some(s.grammar_valid), Goal::High),
+    ("grammar", |s| Some(s.grammar_valid), Goal::High),
+    ("silent", |s| Some(s.silent_bar), Goal::Low),
+    ("sil-last", |s| Some(s.silent_last_bar), Goal::Low),
+    ("valid", |s| Some(s.valid), Goal::High),
     ("s/case", |s| Some(s.seconds_per_case), Goal::Low),
 ];
 

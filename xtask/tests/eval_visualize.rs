@@ -131,6 +131,13 @@ fn eval_compares_every_system_on_the_same_windows_and_writes_json() {
         // only reuse the prime's grid.
         for name in ["model", "decoder", "markov", "repeat"] {
             assert_eq!(systems[name]["grammar_valid"], true, "{name}: {case}");
+            // Validity also asks for a note sounding in every requested bar, which generation
+            // guarantees for the model.
+            let silent = systems[name]["silent_bars"].as_array().unwrap();
+            assert_eq!(systems[name]["valid"], silent.is_empty(), "{name}: {case}");
+        }
+        for name in ["model", "decoder"] {
+            assert_eq!(systems[name]["valid"], true, "{name}: {case}");
         }
         // Repeating the last bars copies the prime, bar for bar, wherever the prime's bars
         // have notes.

@@ -62,6 +62,7 @@ impl Tokenizer {
                 time: Ticks::ZERO,
                 micros_per_quarter: 500_000,
             }],
+            end: Ticks::ZERO,
         }
     }
 }

@@ -91,7 +91,7 @@
         : key === "notes" ? String(v) : v.toFixed(3);
   const cols = [["notes", "notes"], ["pitch_class_overlap", "pc overlap"], ["density_ratio", "density"],
     ["groove_similarity", "groove"], ["pitch_range_overlap", "range"], ["key_consistency", "key"],
-    ["distinct_4gram_ratio", "distinct 4-grams"], ["copied_bar_share", "copied bars"], ["grammar_valid", "grammar"]];
+    ["distinct_4gram_ratio", "distinct 4-grams"], ["copied_bar_share", "copied bars"], ["grammar_valid", "grammar"], ["valid", "valid (grammar, no silent bar)"]];
   const table = document.getElementById("measures");
   let html = "<thead><tr><th>system</th>" + cols.map(([, h]) => `<th>${h}</th>`).join("") + "</tr></thead><tbody>";
   const rows = [["truth", piece.truth_measures]].concat(Object.entries(piece.systems).map(([n, s]) => [n, s.measures]));
