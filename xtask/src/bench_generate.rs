@@ -1,9 +1,12 @@
-//! `cargo xtask bench generate [--model DIR] [--preset small|seed] [--bars 4] [--runs 3]`:
+//! `cargo xtask bench generate [--model DIR] [--preset small|seed] [--bars 4] [--runs 3]
+//! [--lengths 4,16,64]`:
 //! time to first note, tokens/s and real-time factor of continuing a prime, for one
 //! continuation (K = 1) and for four variations in one batch (K = 4), in one run so the ratio
 //! compares like with like. Without `--model`, a randomly initialised model of the preset's
 //! shape is timed (speed does not depend on the weights; the real-time factor does, through how
-//! many tokens a bar takes, so give `--model` for it).
+//! many tokens a bar takes, so give `--model` for it). Then the cost per bar at each of
+//! `--lengths` bars, K = 1: past the context the window slides, and the table shows the slides,
+//! what one costs and their share of the time.
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -34,6 +37,10 @@ pub struct Args {
     /// Weight precision: f32 or q8.
     #[arg(long, default_value = "f32", value_parser = crate::score::parse_precision)]
     precision: Precision,
+    /// Continuation lengths (bars) for the cost-per-bar table, K = 1: past the context the
+    /// window slides, and the cost per bar must stay flat.
+    #[arg(long, value_delimiter = ',', default_value = "4,16,64")]
+    lengths: Vec<u32>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -68,9 +75,9 @@ pub fn run(args: Args) -> Result<()> {
         candle_core::utils::get_num_threads(),
     );
     let runs = args.runs.max(1);
-    let generate = |seed: u64, k: usize| -> Result<(GenerationStats, f64)> {
+    let generate_bars = |bars: u32, seed: u64, k: usize| -> Result<(GenerationStats, f64)> {
         let settings = Settings {
-            bars: args.bars,
+            bars,
             temperature: 1.0,
             top_p: 0.95,
             seed,
@@ -87,6 +94,7 @@ pub fn run(args: Args) -> Result<()> {
             .0;
         Ok((stats, quarters * 60.0 / bpm))
     };
+    let generate = |seed: u64, k: usize| generate_bars(args.bars, seed, k);
     // K = 1 for every seed a K = 4 run uses (run r: seeds r..r + 4), so that each batch can be
     // compared with the same four variations generated one at a time.
     let singles = (0..runs + 3)
@@ -140,6 +148,33 @@ pub fn run(args: Args) -> Result<()> {
         per_k[1] * 1e3,
         per_k[0] * 1e3,
     );
+
+    // Cost per bar as continuations grow past the context (K = 1, median of the runs).
+    println!(
+        "context {} tokens, the prime keeps at most {}:",
+        generator.context(),
+        generator.prime_budget()
+    );
+    for &bars in &args.lengths {
+        let mut results = (0..runs)
+            .map(|seed| generate_bars(bars, seed as u64, 1))
+            .collect::<Result<Vec<_>>>()?;
+        results.sort_by_key(|r| r.0.total);
+        let (stats, playing) = &results[results.len() / 2];
+        let total = stats.total.as_secs_f64();
+        let per_slide = stats.sliding.as_secs_f64() / stats.slides.max(1) as f64;
+        println!(
+            "{bars:>4} bars: {:>6} tokens in {:>7.3} s = {:>6.1} ms a bar ({:>5.1} tokens a bar) | real-time factor {:.3} | {} slides, {:.1} ms each, {:.1} % of the time",
+            stats.tokens,
+            total,
+            1e3 * total / f64::from(bars),
+            stats.tokens as f64 / f64::from(bars),
+            total / playing.max(1e-9),
+            stats.slides,
+            per_slide * 1e3,
+            100.0 * stats.sliding.as_secs_f64() / total.max(1e-9),
+        );
+    }
     Ok(())
 }
 

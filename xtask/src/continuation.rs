@@ -139,7 +139,7 @@ pub fn run(args: Args) -> Result<()> {
     let playing_seconds = quarters * 60.0 / score.initial_bpm();
     let seconds = stats.total.as_secs_f64();
     eprintln!(
-        "{} bar(s) × {} variation(s): {} tokens in {:.2} s ({:.0} tokens/s), first note after {:.0} ms, real-time factor {:.3} at {:.0} BPM",
+        "{} bar(s) × {} variation(s): {} tokens in {:.2} s ({:.0} tokens/s), first note after {:.0} ms, real-time factor {:.3} at {:.0} BPM, {} context slide(s) ({:.0} ms)",
         settings.bars,
         settings.variations,
         stats.tokens,
@@ -148,6 +148,8 @@ pub fn run(args: Args) -> Result<()> {
         stats.first_note.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
         seconds / playing_seconds.max(1e-9),
         score.initial_bpm(),
+        stats.slides,
+        stats.sliding.as_secs_f64() * 1000.0,
     );
 
     for (i, continuation) in continuations.iter().enumerate() {
@@ -230,6 +232,12 @@ fn write_result(
         name: "continuation",
         notes: &continued,
     });
+    // The file ends on the continuation's last bar line, so a DAW sees whole bars and the file
+    // can itself be continued.
+    let score = Score {
+        end: to_file(start + continuation.length),
+        ..score.clone()
+    };
     let bytes = score
         .to_bytes_with_tracks(&tracks)
         .map_err(|kind| anyhow::anyhow!("{}: {kind}", path.display()))?;

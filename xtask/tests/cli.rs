@@ -102,6 +102,92 @@ fn the_default_model_continues_and_scores_an_example_with_no_other_step() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// The corpus piece (one meter throughout) with the most notes per bar, when the shared corpus
+/// is here.
+fn densest_corpus_piece() -> Option<(PathBuf, Score)> {
+    let corpus = root().join("../shared/corpus");
+    let mut files = Vec::new();
+    let mut dirs = vec![corpus];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).ok()?.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "mid" || e == "midi") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+        .into_iter()
+        .filter_map(|path| {
+            let score = Score::read_file(&path).ok()?;
+            if score.time_signatures.len() > 1 || score.notes.is_empty() {
+                return None;
+            }
+            let bar = score.initial_time_signature().quarters_per_bar().0
+                * f64::from(score.ticks_per_quarter);
+            let end = score.notes.iter().map(|n| n.end().0).max()? as f64;
+            let density = score.notes.len() as f64 / (end / bar).ceil().max(1.0);
+            Some((density, path, score))
+        })
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, path, score)| (path, score))
+}
+
+#[test]
+fn the_default_model_writes_64_full_bars_after_the_densest_corpus_piece() {
+    let Some((piece, input)) = densest_corpus_piece() else {
+        eprintln!("skipped: no shared corpus next to the repository");
+        return;
+    };
+    let dir = temp_dir("long");
+    let out_path = dir.join("long.mid");
+    let out = xtask(&[
+        "continue",
+        piece.to_str().unwrap(),
+        "-o",
+        out_path.to_str().unwrap(),
+        "--prime-bars",
+        "4",
+        "--bars",
+        "64",
+        "--only-continuation",
+        "--seed",
+        "1",
+        "--precision",
+        "q8",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {stderr}", piece.display());
+    let written = Score::read_file(&out_path).unwrap();
+    let bar = (input.initial_time_signature().quarters_per_bar().0
+        * f64::from(input.ticks_per_quarter)) as u64;
+    let start = 4 * bar;
+    let mut per_bar = vec![0usize; 64];
+    for n in &written.notes {
+        let b = ((n.start.0 - start) / bar) as usize;
+        assert!(n.start.0 >= start && b < 64, "{n} outside the 64 bars");
+        per_bar[b] += 1;
+    }
+    assert!(
+        per_bar.iter().all(|&n| n > 0),
+        "{}: empty bars in {per_bar:?}",
+        piece.display()
+    );
+    let mean = |bars: &[usize]| bars.iter().sum::<usize>() as f64 / bars.len() as f64;
+    let (early, late) = (mean(&per_bar[..16]), mean(&per_bar[48..]));
+    assert!(
+        late >= 0.5 * early,
+        "{}: late bars thin out ({late:.1} against {early:.1} notes a bar): {per_bar:?}",
+        piece.display()
+    );
+    // The file ends on the continuation's last bar line.
+    assert_eq!(written.end.0, start + 64 * bar);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn continue_writes_prime_and_continuation_tracks() {
     let dir = temp_dir("continue");
