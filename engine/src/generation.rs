@@ -32,9 +32,11 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::grammar::{Grammar, GrammarError, GrammarState};
+use crate::key::{estimate_key, Key};
 use crate::midi::{Note, Score};
 use crate::models::{Model, ModelCache};
 use crate::sampling::Sampler;
+use crate::steering::{PhraseMemory, Plan, Steering};
 use crate::time::{Beats, Ticks, TimeSignature};
 use crate::tokenizer::{Decoded, NoteDecoder, Token, TokenId, Tokenizer};
 
@@ -135,6 +137,8 @@ pub struct Settings {
     pub variations: usize,
     /// Where the continuation starts when the prime does not end on a bar line.
     pub start: Start,
+    /// Faithfulness, key, density and register (none by default).
+    pub steering: Steering,
 }
 
 impl Default for Settings {
@@ -146,6 +150,7 @@ impl Default for Settings {
             seed: 0,
             variations: 1,
             start: Start::default(),
+            steering: Steering::default(),
         }
     }
 }
@@ -174,7 +179,7 @@ impl Settings {
                 self.variations
             ));
         }
-        Ok(())
+        self.steering.validate().map_err(GenerationError::Settings)
     }
 }
 
@@ -202,6 +207,11 @@ pub struct Prime {
     dropped: Ticks,
     meter: TimeSignature,
     ticks_per_quarter: u16,
+    /// The key of all the prime's notes (Krumhansl–Schmuckler), for `key auto`.
+    key: Option<Key>,
+    /// The prime's tokens (all of them, also bars cut for the context), plus whatever else the
+    /// caller remembers: what faithfulness follows.
+    memory: PhraseMemory,
 }
 
 impl Prime {
@@ -272,6 +282,7 @@ impl Prime {
         let mut decoder = NoteDecoder::new(tok, first_meter(tok, ids));
         let mut bar_starts = Vec::new();
         let mut last_end = None::<Ticks>;
+        let mut notes = Vec::new();
         for (i, &id) in ids.iter().enumerate() {
             grammar.advance(&mut state, id)?;
             let token = tok
@@ -279,6 +290,7 @@ impl Prime {
                 .expect("grammar-checked ids are in the vocabulary");
             if let Decoded::Note(note) = decoder.push(token) {
                 last_end = Some(last_end.map_or(note.end(), |e: Ticks| e.max(note.end())));
+                notes.push(note);
             }
             if token == Token::Bar {
                 bar_starts.push((i, decoder.bar_start()));
@@ -358,7 +370,29 @@ impl Prime {
             dropped,
             meter,
             ticks_per_quarter: tok.ticks_per_quarter(),
+            key: estimate_key(&notes).map(|(key, _)| key),
+            memory: {
+                let mut memory = PhraseMemory::default();
+                memory.remember(ids);
+                memory
+            },
         })
+    }
+
+    /// The prime's key, as `key auto` finds it.
+    pub fn key(&self) -> Option<Key> {
+        self.key
+    }
+
+    /// Adds other material of the player's to what faithfulness follows (the plugin's playing
+    /// memory: everything played since the project opened), as MidiTok ids without BOS.
+    pub fn remember(&mut self, ids: &[TokenId]) {
+        self.memory.remember(ids);
+    }
+
+    /// Replaces what faithfulness follows (the prime's own tokens by default).
+    pub fn set_memory(&mut self, memory: PhraseMemory) {
+        self.memory = memory;
     }
 
     /// The tokens fed to the model (BOS first).
@@ -578,6 +612,11 @@ impl<'m> Generator<'m> {
                 done: false,
             })
             .collect();
+        let plan =
+            Plan::new(&settings.steering, tok, prime.key).map_err(GenerationError::Settings)?;
+        let faithfulness = plan.faithfulness();
+        let mut shaped = vec![0.0f32; tok.vocab_size()];
+        let mut votes = Vec::new();
         let mut sampler = Sampler::new(tok.vocab_size());
         // The sequences being decoded, as batches that share a cache length: one batch of all
         // variations until a slide gives each its own. A run that finishes leaves its batch, so
@@ -605,17 +644,19 @@ impl<'m> Generator<'m> {
                     }
                     let mut allowed = self.grammar.allowed(&run.state);
                     let last_bar = run.bar >= settings.bars;
+                    // Every bar gets at least one note (an empty bar in an answer reads as the
+                    // model giving up, not as a rest), and a density target sets how many.
+                    let target = plan.bar_target(&run.state);
+                    let (least, most) = target.map_or((1, MAX_NOTES_PER_BAR), |t| (t, t));
                     if run.state.at_bar_boundary() {
-                        if run.notes_in_bar == 0 {
-                            // Every bar gets at least one note: an empty bar in an answer reads
-                            // as the model giving up, not as a rest.
+                        if run.notes_in_bar < least {
                             let mut with_note = allowed;
                             with_note.remove(bar);
                             with_note.remove(eos);
                             if !with_note.is_empty() {
                                 allowed = with_note;
                             }
-                        } else if run.notes_in_bar >= MAX_NOTES_PER_BAR {
+                        } else if run.notes_in_bar >= most {
                             // In the last bar a new bar line means "finished": Bar and EOS
                             // both end.
                             allowed = allowed.restricted_to(&[if last_bar { eos } else { bar }]);
@@ -624,15 +665,35 @@ impl<'m> Generator<'m> {
                             allowed.remove(eos);
                         }
                     }
-                    let id = sampler
-                        .sample(
+                    let row = if plan.shapes_logits() {
+                        shaped.copy_from_slice(row);
+                        let owed = target.map_or(0, |t| t.saturating_sub(run.notes_in_bar));
+                        plan.shape(&mut shaped, &allowed, &run.state, owed);
+                        &shaped[..]
+                    } else {
+                        row
+                    };
+                    let id = if faithfulness > 0.0 {
+                        prime.memory.predict(&run.window, &mut votes);
+                        sampler.sample_mixed(
+                            row,
+                            &allowed,
+                            settings.temperature,
+                            settings.top_p,
+                            &votes,
+                            faithfulness,
+                            &mut run.rng,
+                        )
+                    } else {
+                        sampler.sample(
                             row,
                             &allowed,
                             settings.temperature,
                             settings.top_p,
                             &mut run.rng,
                         )
-                        .unwrap_or(eos);
+                    }
+                    .unwrap_or(eos);
                     if last_bar && (id == bar || id == eos) {
                         run.done = true;
                         return;

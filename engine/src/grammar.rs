@@ -96,6 +96,16 @@ impl GrammarState {
         self.min_position = position;
     }
 
+    /// Grid steps in the current bar.
+    pub fn bar_positions(&self) -> u16 {
+        self.bar_positions
+    }
+
+    /// The earliest onset allowed in the current bar (nonzero only in a bar the prime started).
+    pub fn min_position(&self) -> u16 {
+        self.min_position
+    }
+
     /// Whether the sequence could end (or a new bar start) here.
     pub fn at_bar_boundary(&self) -> bool {
         matches!(self.phase, Phase::BarOpen | Phase::AfterDuration)

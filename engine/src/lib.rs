@@ -7,10 +7,12 @@
 pub mod baselines;
 pub mod generation;
 pub mod grammar;
+pub mod key;
 pub mod metrics;
 pub mod midi;
 pub mod models;
 pub mod sampling;
+pub mod steering;
 pub mod time;
 pub mod tokenizer;
 pub mod training;

@@ -110,78 +110,7 @@ pub fn pitch_range_overlap(a: &[Note], b: &[Note]) -> f64 {
     }
 }
 
-/// Krumhansl & Kessler's probe-tone ratings of the twelve pitch classes in C major (C first).
-const MAJOR_PROFILE: [f64; 12] = [
-    6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88,
-];
-/// The same for C minor.
-const MINOR_PROFILE: [f64; 12] = [
-    6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17,
-];
-
-/// A major or minor key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Key {
-    /// Pitch class of the tonic, C = 0.
-    pub tonic: u8,
-    pub minor: bool,
-}
-
-impl std::fmt::Display for Key {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        const NAMES: [&str; 12] = [
-            "C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B",
-        ];
-        let mode = if self.minor { "minor" } else { "major" };
-        write!(f, "{} {mode}", NAMES[usize::from(self.tonic % 12)])
-    }
-}
-
-/// Pitch-class durations, the weighting the Krumhansl–Schmuckler algorithm uses (long notes
-/// establish a key more than passing ones).
-fn duration_profile(notes: &[Note]) -> [f64; 12] {
-    let mut h = [0.0; 12];
-    for n in notes {
-        h[usize::from(n.pitch % 12)] += n.duration.0.max(1) as f64;
-    }
-    h
-}
-
-/// Pearson correlation; `None` when either side is constant.
-fn pearson(a: &[f64; 12], b: &[f64; 12]) -> Option<f64> {
-    let (ma, mb) = (a.iter().sum::<f64>() / 12.0, b.iter().sum::<f64>() / 12.0);
-    let (mut num, mut va, mut vb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.iter().zip(b) {
-        num += (x - ma) * (y - mb);
-        va += (x - ma) * (x - ma);
-        vb += (y - mb) * (y - mb);
-    }
-    (va > 0.0 && vb > 0.0).then(|| num / (va * vb).sqrt())
-}
-
-/// How well the notes' duration-weighted pitch classes correlate with a key's profile, in
-/// [-1, 1]. `None` for no notes (or all twelve classes equally long: no key at all).
-pub fn key_correlation(notes: &[Note], key: Key) -> Option<f64> {
-    let profile = if key.minor {
-        MINOR_PROFILE
-    } else {
-        MAJOR_PROFILE
-    };
-    let mut rotated = [0.0; 12];
-    for (pc, v) in profile.iter().enumerate() {
-        rotated[(pc + usize::from(key.tonic)) % 12] = *v;
-    }
-    pearson(&duration_profile(notes), &rotated)
-}
-
-/// The Krumhansl–Schmuckler key estimate: the key of the 24 whose profile correlates best with
-/// the notes, with that correlation. `None` for no notes.
-pub fn estimate_key(notes: &[Note]) -> Option<(Key, f64)> {
-    (0..12u8)
-        .flat_map(|tonic| [false, true].map(|minor| Key { tonic, minor }))
-        .filter_map(|key| key_correlation(notes, key).map(|r| (key, r)))
-        .max_by(|a, b| a.1.total_cmp(&b.1))
-}
+pub use crate::key::{estimate_key, key_correlation, Key};
 
 /// Key consistency with the prime: the correlation of the continuation's pitch classes with the
 /// profile of the key estimated from the prime. A continuation that modulates or plays wrong

@@ -92,6 +92,108 @@ impl Sampler {
         }
         Some(self.scratch[kept - 1].1)
     }
+
+    /// [`Sampler::sample`] with a second opinion mixed in: the model's tempered distribution
+    /// over the allowed tokens `p` and the `votes` `(id, count)` normalised over the allowed
+    /// tokens `q` (a phrase memory's prediction) make `(1 − weight)·p + weight·q`, from which the
+    /// nucleus is drawn as usual. Votes for tokens that are not allowed (or whose logit is not
+    /// finite, i.e. masked) are ignored; when none is left, or `weight` is 0, this is exactly
+    /// [`Sampler::sample`]. With temperature 0 the model's part is its single best token and
+    /// the mixture's most likely token is taken.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample_mixed<R: Rng + ?Sized>(
+        &mut self,
+        logits: &[f32],
+        allowed: &Allowed,
+        temperature: f32,
+        top_p: f32,
+        votes: &[(TokenId, u32)],
+        weight: f32,
+        rng: &mut R,
+    ) -> Option<TokenId> {
+        let usable = |id: TokenId| {
+            allowed.contains(id) && logits.get(id as usize).is_some_and(|l| l.is_finite())
+        };
+        let total_votes: u32 = votes
+            .iter()
+            .filter(|(id, _)| usable(*id))
+            .map(|(_, c)| c)
+            .sum();
+        if weight <= 0.0 || total_votes == 0 {
+            return self.sample(logits, allowed, temperature, top_p, rng);
+        }
+        let weight = weight.min(1.0);
+        self.scratch.clear();
+        for id in allowed.ids() {
+            let l = logits
+                .get(id as usize)
+                .copied()
+                .unwrap_or(f32::NEG_INFINITY);
+            if l.is_finite() {
+                self.scratch.push((l, id));
+            }
+        }
+        // The model's probabilities, in place of the logits.
+        if temperature <= 0.0 {
+            let mut best = 0;
+            for (k, &(l, id)) in self.scratch.iter().enumerate() {
+                let (bl, bid) = self.scratch[best];
+                if l > bl || (l == bl && id < bid) {
+                    best = k;
+                }
+            }
+            for (k, entry) in self.scratch.iter_mut().enumerate() {
+                entry.0 = if k == best { 1.0 } else { 0.0 };
+            }
+        } else {
+            let max = self
+                .scratch
+                .iter()
+                .map(|e| e.0)
+                .fold(f32::NEG_INFINITY, f32::max);
+            let inv_t = 1.0 / temperature;
+            let mut total = 0.0f32;
+            for entry in &mut self.scratch {
+                entry.0 = ((entry.0 - max) * inv_t).exp();
+                total += entry.0;
+            }
+            for entry in &mut self.scratch {
+                entry.0 /= total;
+            }
+        }
+        let inv_votes = 1.0 / total_votes as f32;
+        for entry in &mut self.scratch {
+            let q = votes
+                .iter()
+                .filter(|(id, _)| *id == entry.1)
+                .map(|(_, c)| *c as f32 * inv_votes)
+                .sum::<f32>();
+            entry.0 = (1.0 - weight) * entry.0 + weight * q;
+        }
+        self.scratch
+            .sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        if temperature <= 0.0 {
+            return Some(self.scratch[0].1);
+        }
+        let threshold = top_p.clamp(0.0, 1.0);
+        let mut kept = 0usize;
+        let mut mass = 0.0f32;
+        while kept < self.scratch.len() {
+            mass += self.scratch[kept].0;
+            kept += 1;
+            if mass >= threshold {
+                break;
+            }
+        }
+        let mut u = rng.random::<f32>() * mass;
+        for &(p, id) in &self.scratch[..kept] {
+            if u < p {
+                return Some(id);
+            }
+            u -= p;
+        }
+        Some(self.scratch[kept - 1].1)
+    }
 }
 
 #[cfg(test)]
@@ -160,5 +262,49 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(2);
         let id = s.sample(&logits, &allowed, 1.0, 0.9, &mut rng).unwrap();
         assert!(allowed.contains(id));
+    }
+
+    #[test]
+    fn a_mixed_in_opinion_shifts_the_draw_and_weight_zero_changes_nothing() {
+        let (tok, allowed) = allowed_after(&["Bar_None", "TimeSig_4/4", "Position_0"]);
+        let mut logits = vec![f32::NEG_INFINITY; tok.vocab_size()];
+        let a = tok.id("Pitch_60".parse().unwrap()).unwrap();
+        let b = tok.id("Pitch_64".parse().unwrap()).unwrap();
+        logits[a as usize] = 3.0;
+        logits[b as usize] = 0.0;
+        let mut s = Sampler::new(tok.vocab_size());
+        let bar = tok.bar_id(); // a vote for a token the grammar forbids is ignored
+        let votes = [(b, 3), (bar, 5)];
+        // Weight 0: the very same draws as plain sampling.
+        let mut r1 = ChaCha8Rng::seed_from_u64(4);
+        let mut r2 = ChaCha8Rng::seed_from_u64(4);
+        for _ in 0..200 {
+            assert_eq!(
+                s.sample_mixed(&logits, &allowed, 1.0, 0.9, &votes, 0.0, &mut r1),
+                s.sample(&logits, &allowed, 1.0, 0.9, &mut r2)
+            );
+        }
+        // Weight 1: only what the votes say (b), wherever they say something allowed.
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for _ in 0..200 {
+            assert_eq!(
+                s.sample_mixed(&logits, &allowed, 1.0, 1.0, &votes, 1.0, &mut rng),
+                Some(b)
+            );
+        }
+        // Half and half: b goes from about 5 % to about half of the draws.
+        let hits = (0..2000)
+            .filter(|_| {
+                s.sample_mixed(&logits, &allowed, 1.0, 1.0, &votes, 0.5, &mut rng) == Some(b)
+            })
+            .count();
+        assert!((850..1150).contains(&hits), "{hits}");
+        // Votes only for forbidden tokens: the model alone.
+        let mut r1 = ChaCha8Rng::seed_from_u64(6);
+        let mut r2 = ChaCha8Rng::seed_from_u64(6);
+        assert_eq!(
+            s.sample_mixed(&logits, &allowed, 1.0, 0.9, &[(bar, 1)], 1.0, &mut r1),
+            s.sample(&logits, &allowed, 1.0, 0.9, &mut r2)
+        );
     }
 }

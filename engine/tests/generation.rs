@@ -234,6 +234,7 @@ fn with_start_now_a_prime_ending_mid_bar_is_finished_first_and_onsets_never_prec
             seed,
             variations: 1,
             start: Start::Now,
+            steering: Default::default(),
         };
         let prime = generator.prime(&score, None, &settings).unwrap();
         assert_eq!(prime.start(), Ticks(6 * 24), "the prime ends at beat 6");

@@ -37,6 +37,8 @@ fn main() {
         temperature: 1.0,
         top_p: 0.95,
         seed: 0,
+        steering: engine::steering::Steering::default(),
+        memory: Vec::new(),
     };
     for warm in [false, true] {
         let mut firsts = Vec::new();

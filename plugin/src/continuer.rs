@@ -7,6 +7,8 @@
 
 use std::ops::ControlFlow;
 
+use engine::steering::Steering;
+
 use crate::time::{Ticks, TimeSignature};
 
 /// A note on the grid, relative to the prime's first bar line.
@@ -43,6 +45,11 @@ pub struct ContinueRequest {
     pub top_p: f32,
     /// Sampling seed: the same prime, settings and seed give the same continuation.
     pub seed: u64,
+    /// Faithfulness, key, density and register.
+    pub steering: Steering,
+    /// The playing memory (everything played since the project opened, the first note's bar
+    /// at 0): what faithfulness follows besides the prime.
+    pub memory: Vec<GridNote>,
 }
 
 /// Why a continuation could not be produced; shown in the GUI status.

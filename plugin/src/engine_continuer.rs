@@ -177,12 +177,13 @@ impl Continuer for EngineContinuer {
             variations: 1,
             // The plugin picks its own start (its Start parameter): the engine keeps it.
             start: Start::Now,
+            steering: request.steering,
         };
         let tok = generator.tokenizer();
         let ids = tok.encode(&score(&request.prime)?);
         let tpq = f64::from(tok.ticks_per_quarter());
         let end = engine::time::Ticks((request.start.to_beats().0 * tpq).round().max(0.0) as u64);
-        let prime = Prime::from_ids(
+        let mut prime = Prime::from_ids(
             tok,
             generator.grammar(),
             &ids,
@@ -191,6 +192,15 @@ impl Continuer for EngineContinuer {
             generator.context(),
         )
         .map_err(|e| ContinueError::Failed(e.to_string()))?;
+        if settings.steering.faithfulness > 0.0 && !request.memory.is_empty() {
+            // The playing memory, in the prime's meter: faithfulness follows all of it.
+            let memory = crate::continuer::Prime {
+                time_signature: request.prime.time_signature,
+                bars: 0,
+                notes: request.memory.clone(),
+            };
+            prime.remember(&tok.encode(&score(&memory)?));
+        }
         // Where the engine starts may differ from the request by grid rounding: its start rules.
         let start = Ticks((prime.start_quarters().0 * f64::from(TICKS_PER_BEAT)).round() as i64);
         let result =
@@ -261,6 +271,8 @@ mod tests {
             temperature: 1.0,
             top_p: 0.95,
             seed: 7,
+            steering: engine::steering::Steering::default(),
+            memory: Vec::new(),
         }
     }
 
@@ -301,6 +313,68 @@ mod tests {
                 "streamed in onset order"
             );
         }
+    }
+
+    #[test]
+    fn steering_and_the_playing_memory_reach_the_model() {
+        let mut continuer = EngineContinuer::from_model(tiny_model()).unwrap();
+        // Key and register: a random model kept to C major between C4 and C5.
+        let mut locked = request(TimeSignature::default());
+        locked.steering = engine::steering::Steering {
+            key: engine::steering::KeyLock::Fixed("C".parse().unwrap()),
+            range: Some(engine::steering::PitchRange::new(60, 72).unwrap()),
+            ..Default::default()
+        };
+        for seed in 0..10 {
+            locked.seed = seed;
+            for note in continue_with(&mut continuer, &locked) {
+                assert!((60..=72).contains(&note.key), "{note:?}");
+                assert!(
+                    [0, 2, 4, 5, 7, 9, 11].contains(&(note.key % 12)),
+                    "{note:?}"
+                );
+            }
+        }
+        // Faithfulness 1 with a playing memory of one figure repeated: the continuation plays
+        // the figure, bar after bar, though the prime itself is a single different bar.
+        let sig = TimeSignature::default();
+        let figure = [(0, 64), (12, 67), (24, 71), (36, 67)];
+        let memory: Vec<GridNote> = (0..4)
+            .flat_map(|bar| {
+                figure.map(|(onset, key)| GridNote {
+                    onset: Ticks(bar * 48 + onset),
+                    duration: Ticks(6),
+                    key,
+                    velocity: 80,
+                })
+            })
+            .collect();
+        let faithful = ContinueRequest {
+            prime: GridPrime {
+                time_signature: sig,
+                bars: 1,
+                notes: vec![GridNote {
+                    onset: Ticks(0),
+                    duration: Ticks(6),
+                    key: 50,
+                    velocity: 80,
+                }],
+            },
+            start: Ticks(48),
+            length: Ticks(2 * 48),
+            steering: engine::steering::Steering {
+                faithfulness: 1.0,
+                ..Default::default()
+            },
+            memory,
+            ..request(sig)
+        };
+        let notes = continue_with(&mut continuer, &faithful);
+        let got: Vec<(i64, u8)> = notes.iter().map(|n| (n.onset.0, n.key)).collect();
+        let expected: Vec<(i64, u8)> = (1..3)
+            .flat_map(|bar| figure.map(|(onset, key)| (bar * 48 + onset, key)))
+            .collect();
+        assert_eq!(got, expected);
     }
 
     #[test]

@@ -11,10 +11,12 @@ use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use engine::steering::Steering;
 use rtrb::{Consumer, Producer};
 
 use crate::capture::CapturedNote;
 use crate::continuer::{ContinueError, ContinueRequest, Continuer};
+use crate::memory::PlayingMemory;
 use crate::params::{Mode, SavedNote, Start};
 use crate::phrase::Phrase;
 use crate::scheduler::ScheduledNote;
@@ -34,6 +36,9 @@ pub struct Knobs {
     pub start: Start,
     /// In Auto mode, the pause after which the continuation comes.
     pub auto_silence: Beats,
+    pub steering: Steering,
+    /// The "clear memory" button: its rising edge forgets the playing memory.
+    pub clear_memory: bool,
 }
 
 impl Default for Knobs {
@@ -47,6 +52,8 @@ impl Default for Knobs {
             variations: 4,
             start: Start::NextBar,
             auto_silence: Beats(1.0),
+            steering: Steering::default(),
+            clear_memory: false,
         }
     }
 }
@@ -84,6 +91,9 @@ pub struct Inference {
     /// Where the current take's span ends; Auto mode waits for it.
     take_end: Beats,
     last_take: Arc<RwLock<Vec<SavedNote>>>,
+    memory: PlayingMemory,
+    /// The clear-memory button as last seen, to act on its rising edge only.
+    clear_pressed: bool,
 }
 
 impl Inference {
@@ -93,6 +103,7 @@ impl Inference {
         playback: Producer<ScheduledNote>,
         knobs: KnobSource,
         last_take: Arc<RwLock<Vec<SavedNote>>>,
+        playing_memory: Arc<RwLock<Vec<SavedNote>>>,
     ) -> Self {
         let served_triggers = shared.triggers.load(Ordering::Acquire);
         Inference {
@@ -110,6 +121,8 @@ impl Inference {
             current_take: NO_TAKE,
             take_end: Beats::ZERO,
             last_take,
+            memory: PlayingMemory::new(playing_memory),
+            clear_pressed: false,
         }
     }
 
@@ -135,6 +148,15 @@ impl Inference {
         }
         let view = self.shared.transport.view();
         self.follow_transport(view);
+        let knobs = (self.knobs)();
+        if knobs.clear_memory && !self.clear_pressed {
+            self.memory.clear();
+        }
+        self.clear_pressed = knobs.clear_memory;
+        let bar = view.time_signature.bar_ticks();
+        for note in self.phrase.take_finished() {
+            self.memory.add(&note, bar);
+        }
         self.prefill(view);
 
         let triggers = self.shared.triggers.load(Ordering::Acquire);
@@ -279,6 +301,12 @@ impl Inference {
             temperature: knobs.temperature,
             top_p: knobs.top_p,
             seed: u64::from(variation),
+            steering: knobs.steering,
+            memory: if knobs.steering.faithfulness > 0.0 {
+                self.memory.snapshot(bar_ticks)
+            } else {
+                Vec::new()
+            },
         };
         let Some(continuer) = self.continuer.as_mut() else {
             tracing::debug!(?ask, "continuation asked for, but no model is loaded");
@@ -500,6 +528,7 @@ mod tests {
                 tx,
                 Box::new(move || *source.lock().unwrap()),
                 Arc::new(RwLock::new(Vec::new())),
+                Arc::new(RwLock::new(Vec::new())),
             );
             let requests = Arc::new(Mutex::new(Vec::new()));
             inference.load(loader);
@@ -593,6 +622,38 @@ mod tests {
                 ]
             })
             .collect()
+    }
+
+    #[test]
+    fn the_playing_memory_grows_with_what_is_played_reaches_requests_and_clears() {
+        let sig = TimeSignature::default();
+        let mut rig = Rig::new(120.0, sig, Vec::new(), true);
+        rig.knobs.lock().unwrap().steering.faithfulness = 0.5;
+        let played = four_bars(sig);
+        let bar = sig.bar_length().0;
+        rig.run_until(8.0 * bar, &played);
+        let requests = rig.requests.lock().unwrap().clone();
+        assert_eq!(requests.len(), 1);
+        let memory = &requests[0].memory;
+        assert_eq!(
+            memory.len(),
+            played.len() / 2,
+            "every played note is remembered"
+        );
+        assert_eq!(memory[0].onset, Ticks(0));
+        assert_eq!(requests[0].steering.faithfulness, 0.5);
+        assert_eq!(rig.inference.memory.len(), played.len() / 2);
+        // The button's rising edge forgets it all, once.
+        rig.knobs.lock().unwrap().clear_memory = true;
+        rig.block(&[]);
+        assert_eq!(rig.inference.memory.len(), 0);
+        let at = rig.position;
+        rig.run_until(at + 1.0, &[(at + 0.1, 64, true), (at + 0.5, 64, false)]);
+        assert_eq!(
+            rig.inference.memory.len(),
+            1,
+            "held button: no second clear"
+        );
     }
 
     fn auto_scenario(bpm: f64, sig: TimeSignature) {

@@ -15,6 +15,7 @@ pub mod continuer;
 pub mod editor;
 pub mod engine_continuer;
 pub mod inference;
+pub mod memory;
 pub mod model;
 pub mod output;
 pub mod params;
@@ -79,6 +80,8 @@ fn knobs(params: &ContinuatorParams) -> Knobs {
         variations: params.variations.value().max(1) as u32,
         start: params.start.value(),
         auto_silence: Beats(f64::from(params.auto_silence.value())),
+        steering: params.steering(),
+        clear_memory: params.clear_memory.value(),
     }
 }
 
@@ -96,6 +99,7 @@ impl Continuator {
             playback,
             Box::new(move || knobs(&params)),
             self.params.last_take.clone(),
+            self.params.playing_memory.clone(),
         );
         let adapter = self
             .params

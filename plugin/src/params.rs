@@ -7,6 +7,9 @@ use std::sync::{Arc, RwLock};
 use nice_plug::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use engine::key::Key;
+use engine::steering::{KeyLock, PitchRange, Steering};
+
 use crate::realtime::{BlockSettings, TriggerBinding};
 
 /// When Continuator plays.
@@ -93,6 +96,25 @@ pub struct ContinuatorParams {
     /// Whether playing over a continuation stops it.
     #[id = "yield"]
     pub yield_on_play: BoolParam,
+    /// How closely continuations follow the musician's own playing (the playing memory), 0 (the
+    /// model alone) to 1.
+    #[id = "faithfulness"]
+    pub faithfulness: FloatParam,
+    /// The key continuations keep to: off, the prime's own (auto), or one of the 24 keys (see
+    /// [`key_lock`]).
+    #[id = "key"]
+    pub key: IntParam,
+    /// Notes per bar to aim for; 0 leaves it to the model.
+    #[id = "density"]
+    pub density: IntParam,
+    /// The lowest and highest pitch continuations may play.
+    #[id = "range-low"]
+    pub range_low: IntParam,
+    #[id = "range-high"]
+    pub range_high: IntParam,
+    /// Forgets the playing memory (a button: turning it on clears, once).
+    #[id = "clear-memory"]
+    pub clear_memory: BoolParam,
 
     /// A user adapter (fine-tuned weights) to load instead of the embedded model.
     #[persist = "adapter-path"]
@@ -100,6 +122,47 @@ pub struct ContinuatorParams {
     /// The last continuation, so reopening the project shows (and can replay) it.
     #[persist = "last-take"]
     pub last_take: Arc<RwLock<Vec<SavedNote>>>,
+    /// Everything the musician played since the project opened (bounded): what faithfulness
+    /// follows, kept with the project.
+    #[persist = "playing-memory"]
+    pub playing_memory: Arc<RwLock<Vec<SavedNote>>>,
+}
+
+/// Values of the `key` parameter: 0 off, 1 auto, then C major … B major, C minor … B minor.
+pub const KEY_CHOICES: i32 = 26;
+
+/// The key lock a `key` parameter value stands for.
+pub fn key_lock(value: i32) -> KeyLock {
+    match value {
+        i32::MIN..=0 => KeyLock::Off,
+        1 => KeyLock::Auto,
+        v => {
+            let k = (v - 2).min(23) as u8;
+            KeyLock::Fixed(Key {
+                tonic: k % 12,
+                minor: k >= 12,
+            })
+        }
+    }
+}
+
+fn key_to_string(value: i32) -> String {
+    match key_lock(value) {
+        KeyLock::Off => "Off".into(),
+        KeyLock::Auto => "Auto".into(),
+        KeyLock::Fixed(key) => key.short_name(),
+    }
+}
+
+fn string_to_key(text: &str) -> Option<i32> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "off" => Some(0),
+        "auto" => Some(1),
+        _ => {
+            let key: Key = text.parse().ok()?;
+            Some(2 + i32::from(key.tonic) + if key.minor { 12 } else { 0 })
+        }
+    }
 }
 
 impl Default for ContinuatorParams {
@@ -152,13 +215,68 @@ impl Default for ContinuatorParams {
             .with_step_size(0.25)
             .with_unit(" beats"),
             yield_on_play: BoolParam::new("Yield to player", true),
+            faithfulness: FloatParam::new(
+                "Faithfulness",
+                engine::steering::DEFAULT_FAITHFULNESS,
+                FloatRange::Linear { min: 0.0, max: 1.0 },
+            )
+            .with_step_size(0.01),
+            key: IntParam::new(
+                "Key",
+                0,
+                IntRange::Linear {
+                    min: 0,
+                    max: KEY_CHOICES - 1,
+                },
+            )
+            .with_value_to_string(Arc::new(key_to_string))
+            .with_string_to_value(Arc::new(string_to_key)),
+            density: IntParam::new(
+                "Density",
+                0,
+                IntRange::Linear {
+                    min: 0,
+                    max: engine::steering::MAX_DENSITY as i32,
+                },
+            )
+            .with_value_to_string(Arc::new(|v| {
+                if v == 0 {
+                    "Off".into()
+                } else {
+                    format!("{v} notes/bar")
+                }
+            })),
+            range_low: IntParam::new("Lowest note", 21, IntRange::Linear { min: 21, max: 108 })
+                .with_value_to_string(formatters::v2s_i32_key_formatter())
+                .with_string_to_value(formatters::s2v_i32_key_formatter()),
+            range_high: IntParam::new("Highest note", 108, IntRange::Linear { min: 21, max: 108 })
+                .with_value_to_string(formatters::v2s_i32_key_formatter())
+                .with_string_to_value(formatters::s2v_i32_key_formatter()),
+            clear_memory: BoolParam::new("Clear memory", false),
             adapter_path: Arc::new(RwLock::new(None)),
             last_take: Arc::new(RwLock::new(Vec::new())),
+            playing_memory: Arc::new(RwLock::new(Vec::new())),
         }
     }
 }
 
 impl ContinuatorParams {
+    /// The steering controls as the engine takes them. A range whose ends cross is passed on
+    /// as it is, so the engine's error names it in the status line.
+    pub fn steering(&self) -> Steering {
+        let density = self.density.value();
+        let (low, high) = (self.range_low.value(), self.range_high.value());
+        Steering {
+            faithfulness: self.faithfulness.value(),
+            key: key_lock(self.key.value()),
+            density: (density > 0).then_some(density as u32),
+            range: (low > 21 || high < 108).then_some(PitchRange {
+                low: low.clamp(0, 127) as u8,
+                high: high.clamp(0, 127) as u8,
+            }),
+        }
+    }
+
     /// The audio thread's view of the parameters for one block.
     pub fn block_settings(&self) -> BlockSettings {
         let number = self.trigger_number.value().clamp(0, 127) as u8;
@@ -174,5 +292,28 @@ impl ContinuatorParams {
                 TriggerSource::Cc => TriggerBinding::Cc(number),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_value_names_itself_and_reads_back() {
+        for v in 0..KEY_CHOICES {
+            let text = key_to_string(v);
+            assert_eq!(string_to_key(&text), Some(v), "{text}");
+        }
+        assert_eq!(key_to_string(0), "Off");
+        assert_eq!(key_to_string(1), "Auto");
+        assert_eq!(key_to_string(2), "C");
+        assert_eq!(key_to_string(2 + 12 + 9), "Am");
+    }
+
+    #[test]
+    fn default_parameters_steer_only_faithfulness() {
+        let params = ContinuatorParams::default();
+        assert_eq!(params.steering(), Steering::default());
     }
 }

@@ -35,6 +35,8 @@ pub struct Phrase {
     held: Vec<Held>,
     /// When the latest note started or ended: silence is measured from here.
     last_activity: Option<Beats>,
+    /// Notes finished since the last [`Phrase::take_finished`], for the playing memory.
+    finished: Vec<PlayedNote>,
 }
 
 impl Phrase {
@@ -70,6 +72,12 @@ impl Phrase {
         // Notes finish out of onset order (a long note under short ones): insert in place.
         let index = self.notes.partition_point(|n| n.onset <= note.onset);
         self.notes.insert(index, note);
+        self.finished.push(note);
+    }
+
+    /// The notes finished since the last call, in the order they finished.
+    pub fn take_finished(&mut self) -> std::vec::Drain<'_, PlayedNote> {
+        self.finished.drain(..)
     }
 
     /// Whether the musician is holding any key.

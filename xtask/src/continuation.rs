@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use engine::generation::{Continuation, Generator, Prime, Settings, Start};
+use engine::key::Key;
 use engine::midi::{Note, NoteTrack, Score};
 use engine::models::{LoadOptions, Model, Precision};
+use engine::steering::{KeyLock, PitchRange, Steering};
 use engine::time::Ticks;
 
 #[derive(clap::Args)]
@@ -51,9 +53,56 @@ pub struct Args {
     /// Write the continuation alone, without the prime.
     #[arg(long)]
     only_continuation: bool,
+    #[command(flatten)]
+    steering: SteeringArgs,
     /// Weight precision: f32 (reference), f16, bf16 or q8 (8-bit, fast on CPU).
     #[arg(long, default_value = "f32", value_parser = crate::score::parse_precision)]
     precision: Precision,
+}
+
+/// The steering flags, shared by `continue` and `eval`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SteeringArgs {
+    /// How closely to follow the prime's own material, 0 (the model alone) to 1 (the prime's
+    /// token statistics wherever they reach, the model elsewhere).
+    #[arg(long, default_value_t = engine::steering::DEFAULT_FAITHFULNESS)]
+    faithfulness: f32,
+    /// Keep to a key: `off`, `auto` (the prime's key, printed) or a name such as C, Am, F#m, Eb.
+    #[arg(long, default_value = "off", value_parser = parse_key_lock)]
+    key: KeyLock,
+    /// Notes per bar to aim for (1-48).
+    #[arg(long)]
+    density: Option<u32>,
+    /// Pitch range LOW-HIGH in MIDI numbers or names with middle C = C4 = 60 (e.g. C3-C6).
+    #[arg(long, value_parser = parse_range)]
+    range: Option<PitchRange>,
+}
+
+impl SteeringArgs {
+    pub fn steering(&self) -> Steering {
+        Steering {
+            faithfulness: self.faithfulness,
+            key: self.key,
+            density: self.density,
+            range: self.range,
+        }
+    }
+}
+
+fn parse_key_lock(text: &str) -> Result<KeyLock, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "off" | "none" => Ok(KeyLock::Off),
+        "auto" => Ok(KeyLock::Auto),
+        _ => text
+            .parse::<Key>()
+            .map(KeyLock::Fixed)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+fn parse_range(text: &str) -> Result<PitchRange, String> {
+    text.parse()
+        .map_err(|e: engine::steering::RangeError| e.to_string())
 }
 
 /// `--start`: [`Start`] as a command-line value.
@@ -86,6 +135,7 @@ pub fn run(args: Args) -> Result<()> {
         seed: args.seed,
         variations: args.variations,
         start: args.start.into(),
+        steering: args.steering.steering(),
     };
     settings.validate()?;
     if args.prime_bars == Some(0) {
@@ -116,6 +166,16 @@ pub fn run(args: Args) -> Result<()> {
     let prime = generator
         .prime(&score, args.prime_bars, &settings)
         .with_context(|| format!("{}: cannot use it as a prime", args.input.display()))?;
+    settings
+        .steering
+        .check(&model.tokenizer, prime.key())
+        .map_err(|e| anyhow::anyhow!("--key/--range: {e}"))?;
+    if settings.steering.key == KeyLock::Auto {
+        match prime.key() {
+            Some(key) => eprintln!("key: {key} (found in the prime)"),
+            None => bail!("--key auto: the prime has no key to find"),
+        }
+    }
 
     // A live count on a terminal; nothing when stderr is a file or a pipe.
     let mut stderr = std::io::stderr();

@@ -61,6 +61,9 @@ pub struct Args {
     /// Write every case, every system's measures and the summary as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Steering of the model's continuations (faithfulness, key, density, range).
+    #[command(flatten)]
+    steering: crate::continuation::SteeringArgs,
 }
 
 /// One continuation measured against the truth.
@@ -281,7 +284,7 @@ pub(crate) fn window_settings(
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let settings = window_settings(
+    let mut settings = window_settings(
         args.prime_bars,
         args.bars,
         args.cases,
@@ -289,6 +292,8 @@ pub fn run(args: Args) -> Result<()> {
         args.top_p,
         args.seed,
     )?;
+    settings.steering = args.steering.steering();
+    settings.validate()?;
     let files = windows::midi_files(&args.data)?;
     let model = load_model(args.model.clone(), args.adapter.as_deref())?;
     let decoder_alone = model.adapter.is_some().then(|| Model {
@@ -403,6 +408,7 @@ pub fn run(args: Args) -> Result<()> {
         seconds
     );
     println!("{adapter_note}");
+    println!("model steering: {:?}", settings.steering);
     print!("{}", table(&truth, &summaries));
     for (system, value) in &nll {
         if let Some(v) = value {
@@ -422,6 +428,7 @@ pub fn run(args: Args) -> Result<()> {
             "temperature": args.temperature,
             "top_p": args.top_p,
             "markov_order": args.markov_order,
+            "steering": format!("{:?}", settings.steering),
             "files": files.len(),
             "pieces": pieces.pieces.len(),
             "skipped": pieces.skipped.iter().map(|(f, why)| serde_json::json!({"file": f, "reason": why})).collect::<Vec<_>>(),
