@@ -41,6 +41,9 @@ pub struct Args {
     /// window slides, and the cost per bar must stay flat.
     #[arg(long, value_delimiter = ',', default_value = "4,16,64")]
     lengths: Vec<u32>,
+    /// Steering to time with (its sampling share shows in the table).
+    #[command(flatten)]
+    steering: crate::continuation::SteeringArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -63,6 +66,8 @@ pub fn run(args: Args) -> Result<()> {
     let score = Score::read_file(&prime_path)?;
     let generator = Generator::new(&model)?;
     let bpm = score.initial_bpm();
+    let steering = args.steering.steering()?;
+    println!("steering: {steering:?}");
     println!(
         "model {} ({}), prime {}, {} bars at {bpm:.0} BPM, {} threads",
         args.model.as_ref().map_or_else(
@@ -82,6 +87,7 @@ pub fn run(args: Args) -> Result<()> {
             top_p: 0.95,
             seed,
             variations: k,
+            steering,
             ..Settings::default()
         };
         let prime = generator.prime(&score, None, &settings)?;

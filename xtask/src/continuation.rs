@@ -68,41 +68,45 @@ pub struct SteeringArgs {
     #[arg(long, default_value_t = engine::steering::DEFAULT_FAITHFULNESS)]
     faithfulness: f32,
     /// Keep to a key: `off`, `auto` (the prime's key, printed) or a name such as C, Am, F#m, Eb.
-    #[arg(long, default_value = "off", value_parser = parse_key_lock)]
-    key: KeyLock,
+    #[arg(long, default_value = "off")]
+    key: String,
     /// Notes per bar to aim for (1-48).
     #[arg(long)]
     density: Option<u32>,
     /// Pitch range LOW-HIGH in MIDI numbers or names with middle C = C4 = 60 (e.g. C3-C6).
-    #[arg(long, value_parser = parse_range)]
-    range: Option<PitchRange>,
+    #[arg(long)]
+    range: Option<String>,
 }
 
 impl SteeringArgs {
-    pub fn steering(&self) -> Steering {
-        Steering {
+    /// The flags as the engine's steering, or an error naming the flag that does not read.
+    pub fn steering(&self) -> Result<Steering> {
+        let key = match self.key.trim().to_ascii_lowercase().as_str() {
+            "off" | "none" => KeyLock::Off,
+            "auto" => KeyLock::Auto,
+            _ => KeyLock::Fixed(
+                self.key
+                    .parse::<Key>()
+                    .map_err(|e| anyhow::anyhow!("--key: {e}"))?,
+            ),
+        };
+        let range = self
+            .range
+            .as_deref()
+            .map(str::parse::<PitchRange>)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--range: {e}"))?;
+        let steering = Steering {
             faithfulness: self.faithfulness,
-            key: self.key,
+            key,
             density: self.density,
-            range: self.range,
-        }
+            range,
+        };
+        steering
+            .validate()
+            .map_err(|e| anyhow::anyhow!("--faithfulness/--density: {e}"))?;
+        Ok(steering)
     }
-}
-
-fn parse_key_lock(text: &str) -> Result<KeyLock, String> {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "off" | "none" => Ok(KeyLock::Off),
-        "auto" => Ok(KeyLock::Auto),
-        _ => text
-            .parse::<Key>()
-            .map(KeyLock::Fixed)
-            .map_err(|e| e.to_string()),
-    }
-}
-
-fn parse_range(text: &str) -> Result<PitchRange, String> {
-    text.parse()
-        .map_err(|e: engine::steering::RangeError| e.to_string())
 }
 
 /// `--start`: [`Start`] as a command-line value.
@@ -135,7 +139,7 @@ pub fn run(args: Args) -> Result<()> {
         seed: args.seed,
         variations: args.variations,
         start: args.start.into(),
-        steering: args.steering.steering(),
+        steering: args.steering.steering()?,
     };
     settings.validate()?;
     if args.prime_bars == Some(0) {

@@ -292,7 +292,7 @@ pub fn run(args: Args) -> Result<()> {
         args.top_p,
         args.seed,
     )?;
-    settings.steering = args.steering.steering();
+    settings.steering = args.steering.steering()?;
     settings.validate()?;
     let files = windows::midi_files(&args.data)?;
     let model = load_model(args.model.clone(), args.adapter.as_deref())?;

@@ -257,6 +257,51 @@ fn continue_writes_prime_and_continuation_tracks() {
 }
 
 #[test]
+fn steering_flags_lock_the_key_found_in_the_prime_and_the_range() {
+    let dir = temp_dir("steering");
+    let out_path = dir.join("steered.mid");
+    let out = xtask(&[
+        "continue",
+        &example(),
+        "-o",
+        out_path.to_str().unwrap(),
+        "--model",
+        &tiny_model(),
+        "--bars",
+        "2",
+        "--prime-bars",
+        "2",
+        "--temperature",
+        "1.5",
+        "--key",
+        "auto",
+        "--range",
+        "C4-C5",
+        "--only-continuation",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("key: "))
+        .unwrap_or_else(|| panic!("the key found is not printed: {stderr}"));
+    let name = line["key: ".len()..].split(" (").next().unwrap();
+    let (tonic, mode) = name.split_once(' ').unwrap();
+    let key: engine::key::Key = format!("{tonic}{}", if mode == "minor" { "m" } else { "" })
+        .parse()
+        .unwrap();
+    let written = Score::read_file(&out_path).unwrap();
+    assert!(!written.notes.is_empty());
+    for n in &written.notes {
+        assert!(
+            (60..=72).contains(&n.pitch) && key.contains(n.pitch),
+            "{n} ({key})"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn variations_write_numbered_files() {
     let dir = temp_dir("variations");
     let out_path = dir.join("take.mid");
@@ -365,6 +410,50 @@ fn bad_input_gets_one_clear_error_line() {
                 dir.to_str().unwrap(),
             ],
             "no model",
+        ),
+        (
+            vec![
+                "continue", example, "-o", out, "--model", &model, "--key", "C", "--range", "61-61",
+            ],
+            "--key/--range: key C major has no pitch in range C#4-C#4",
+        ),
+        (
+            vec![
+                "continue", example, "-o", out, "--model", &model, "--range", "C6-C3",
+            ],
+            "--range: the range C6-C3 (84-48) is empty",
+        ),
+        (
+            vec![
+                "continue", example, "-o", out, "--model", &model, "--key", "H",
+            ],
+            "--key: `H` is not a key",
+        ),
+        (
+            vec![
+                "continue",
+                example,
+                "-o",
+                out,
+                "--model",
+                &model,
+                "--density",
+                "0",
+            ],
+            "density must be within 1..=48",
+        ),
+        (
+            vec![
+                "continue",
+                example,
+                "-o",
+                out,
+                "--model",
+                &model,
+                "--faithfulness",
+                "1.5",
+            ],
+            "faithfulness must be within 0..=1",
         ),
     ];
     for (args, needle) in cases {

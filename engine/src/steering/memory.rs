@@ -23,6 +23,12 @@ const SEPARATOR: TokenId = TokenId::MAX;
 /// make the memory replay whole bars; shorter ones lose the rhythm a note belongs to.
 pub const DEFAULT_ORDER: usize = 8;
 
+/// Shortest context the memory answers from: one whole note (`Position Pitch Velocity Duration`,
+/// or a note and what led to it). A shorter match, a lone `Duration` say, says nothing about
+/// where in the bar the phrase is, and its followers (often the `Bar` that ended some other
+/// bar) would cut bars short.
+pub const MIN_ORDER: usize = 4;
+
 /// Tokens a memory keeps by default before forgetting its oldest: about two hundred dense bars.
 pub const DEFAULT_CAPACITY: usize = 16_384;
 
@@ -88,7 +94,8 @@ impl PhraseMemory {
 
     /// What followed the longest context (up to the order) that matches the end of `history`,
     /// as `(token, count)` votes in `out` (cleared first). Returns the matched length, 0 when
-    /// the memory has nothing to say (then `out` is empty).
+    /// the memory has nothing to say (then `out` is empty): no match of at least
+    /// [`MIN_ORDER`] tokens (or of the whole history, when it is shorter).
     pub fn predict(&self, history: &[TokenId], out: &mut Vec<(TokenId, u32)>) -> usize {
         out.clear();
         let order = self.max_order.min(history.len());
@@ -115,10 +122,16 @@ impl PhraseMemory {
                 best = m;
                 out.clear();
             }
+            if m < MIN_ORDER.min(history.len()) {
+                continue;
+            }
             match out.iter_mut().find(|(id, _)| *id == follower) {
                 Some((_, count)) => *count += 1,
                 None => out.push((follower, 1)),
             }
+        }
+        if out.is_empty() {
+            return 0;
         }
         best
     }
@@ -130,37 +143,43 @@ mod tests {
 
     #[test]
     fn the_longest_matching_context_votes() {
-        let mut memory = PhraseMemory::new(3, 100);
-        memory.remember(&[1, 2, 3, 1, 2, 4, 5, 2, 6]);
+        let mut memory = PhraseMemory::new(6, 100);
+        let (a, b, c, d) = (10, 11, 12, 13);
+        memory.remember(&[a, b, c, d, 1, a, b, c, d, 2, 9, b, c, d, 3]);
         let mut out = Vec::new();
-        // "1 2" was followed by 3 and by 4; "5 2" by 6 only.
-        assert_eq!(memory.predict(&[9, 1, 2], &mut out), 2);
+        // "a b c d" was followed by 1 and by 2; "9 b c d" by 3 only.
+        assert_eq!(memory.predict(&[7, a, b, c, d], &mut out), 4);
         out.sort();
-        assert_eq!(out, [(3, 1), (4, 1)]);
-        assert_eq!(memory.predict(&[5, 2], &mut out), 2);
-        assert_eq!(out, [(6, 1)]);
-        // Only "2" matches: every follower of 2 votes.
-        assert_eq!(memory.predict(&[7, 2], &mut out), 1);
-        out.sort();
-        assert_eq!(out, [(3, 1), (4, 1), (6, 1)]);
-        // Nothing to say.
-        assert_eq!(memory.predict(&[7], &mut out), 0);
+        assert_eq!(out, [(1, 1), (2, 1)]);
+        assert_eq!(memory.predict(&[9, b, c, d], &mut out), 4);
+        assert_eq!(out, [(3, 1)]);
+        // Only "b c d" matches: too short to say anything.
+        assert_eq!(memory.predict(&[7, b, c, d], &mut out), 0);
         assert!(out.is_empty());
+        // A history shorter than the minimum matches as a whole.
+        assert_eq!(memory.predict(&[c, d], &mut out), 2);
+        out.sort();
+        assert_eq!(out, [(1, 1), (2, 1), (3, 1)]);
     }
 
     #[test]
     fn sequences_do_not_run_into_each_other_and_the_oldest_is_forgotten() {
-        let mut memory = PhraseMemory::new(4, 7);
-        memory.remember(&[1, 2]);
-        memory.remember(&[3, 4]);
+        let mut memory = PhraseMemory::new(4, 13);
+        memory.remember(&[1, 2, 3, 4]);
+        memory.remember(&[5, 6, 7, 8]);
         let mut out = Vec::new();
-        assert_eq!(memory.predict(&[2], &mut out), 0, "2 ended its phrase");
-        memory.remember(&[5, 6]);
-        // [1, 2, |, 3, 4, |, 5, 6] holds 8 > 7: the 1 went.
-        assert_eq!(memory.len(), 7);
-        assert_eq!(memory.predict(&[1], &mut out), 0);
-        assert_eq!(memory.predict(&[3], &mut out), 1);
-        assert_eq!(out, [(4, 1)]);
+        assert_eq!(
+            memory.predict(&[1, 2, 3, 4], &mut out),
+            0,
+            "4 ended its phrase"
+        );
+        memory.remember(&[1, 2, 3, 9, 9]);
+        // [1 2 3 4 | 5 6 7 8 | 1 2 3 9 9] holds 15 > 13: the first 1 and 2 went.
+        assert_eq!(memory.len(), 13);
+        assert_eq!(memory.predict(&[1, 2, 3], &mut out), 3);
+        assert_eq!(out, [(9, 1)]);
+        assert_eq!(memory.predict(&[5, 6, 7], &mut out), 3);
+        assert_eq!(out, [(8, 1)]);
         memory.clear();
         assert!(memory.is_empty());
     }
