@@ -38,7 +38,7 @@ use crate::models::{Model, ModelCache};
 use crate::sampling::Sampler;
 use crate::steering::{PhraseMemory, Plan, Steering};
 use crate::time::{Beats, Ticks, TimeSignature};
-use crate::tokenizer::{Decoded, NoteDecoder, Token, TokenId, Tokenizer};
+use crate::tokenizer::{Decoded, NoteDecoder, Token, TokenId, TokenKind, Tokenizer};
 
 /// Most notes a continuation bar may hold: far denser than piano music gets, it only stops a
 /// runaway model from stacking notes forever.
@@ -615,6 +615,7 @@ impl<'m> Generator<'m> {
         let plan =
             Plan::new(&settings.steering, tok, prime.key).map_err(GenerationError::Settings)?;
         let faithfulness = plan.faithfulness();
+        let tilt = plan.pitch_class_tilt(&prime.memory, settings.temperature);
         let mut shaped = vec![0.0f32; tok.vocab_size()];
         let mut votes = Vec::new();
         let mut sampler = Sampler::new(tok.vocab_size());
@@ -665,16 +666,38 @@ impl<'m> Generator<'m> {
                             allowed.remove(eos);
                         }
                     }
-                    let row = if plan.shapes_logits() {
+                    let matched = if faithfulness > 0.0 {
+                        // The context reaches back to the note's onset (or bar line), so the
+                        // memory speaks from the same place in the bar.
+                        let anchor = run
+                            .window
+                            .iter()
+                            .rev()
+                            .position(|&id| {
+                                matches!(tok.kind(id), Some(TokenKind::Position | TokenKind::Bar))
+                            })
+                            .map_or(0, |back| back + 1);
+                        prime
+                            .memory
+                            .predict_anchored(&run.window, anchor, &mut votes)
+                    } else {
+                        0
+                    };
+                    // Where no context matches, faithfulness still leans on the player's pitch
+                    // classes (the memory's reduced viewpoint).
+                    let tilted = tilt.as_ref().filter(|_| matched == 0);
+                    let row = if plan.shapes_logits() || tilted.is_some() {
                         shaped.copy_from_slice(row);
                         let owed = target.map_or(0, |t| t.saturating_sub(run.notes_in_bar));
                         plan.shape(&mut shaped, &allowed, &run.state, owed);
+                        for &(id, offset) in tilted.into_iter().flatten() {
+                            shaped[id as usize] += offset;
+                        }
                         &shaped[..]
                     } else {
                         row
                     };
-                    let id = if faithfulness > 0.0 {
-                        prime.memory.predict(&run.window, &mut votes);
+                    let id = if matched > 0 {
                         sampler.sample_mixed(
                             row,
                             &allowed,

@@ -97,8 +97,21 @@ impl PhraseMemory {
     /// the memory has nothing to say (then `out` is empty): no match of at least
     /// [`MIN_ORDER`] tokens (or of the whole history, when it is shorter).
     pub fn predict(&self, history: &[TokenId], out: &mut Vec<(TokenId, u32)>) -> usize {
+        self.predict_anchored(history, 0, out)
+    }
+
+    /// [`PhraseMemory::predict`] with a context of at least `anchor` tokens (the order grows to
+    /// it if needed): generation anchors the context at the bar position of the note being
+    /// written, so that what the memory says about onsets is said from the same place in a bar.
+    pub fn predict_anchored(
+        &self,
+        history: &[TokenId],
+        anchor: usize,
+        out: &mut Vec<(TokenId, u32)>,
+    ) -> usize {
         out.clear();
-        let order = self.max_order.min(history.len());
+        let least = MIN_ORDER.max(anchor).min(history.len());
+        let order = self.max_order.max(anchor).min(history.len());
         if order == 0 {
             return 0;
         }
@@ -122,7 +135,7 @@ impl PhraseMemory {
                 best = m;
                 out.clear();
             }
-            if m < MIN_ORDER.min(history.len()) {
+            if m < least {
                 continue;
             }
             match out.iter_mut().find(|(id, _)| *id == follower) {
@@ -182,5 +195,18 @@ mod tests {
         assert_eq!(out, [(8, 1)]);
         memory.clear();
         assert!(memory.is_empty());
+    }
+
+    #[test]
+    fn an_anchored_context_must_reach_back_to_its_anchor() {
+        let mut memory = PhraseMemory::new(4, 100);
+        memory.remember(&[1, 5, 6, 7, 8, 2, 2, 5, 6, 7, 8, 3]);
+        let mut out = Vec::new();
+        // Four tokens match both places; anchored five back, only the one after `2` does.
+        assert_eq!(memory.predict(&[9, 5, 6, 7, 8], &mut out), 4);
+        assert_eq!(out.len(), 2);
+        assert_eq!(memory.predict_anchored(&[2, 5, 6, 7, 8], 5, &mut out), 5);
+        assert_eq!(out, [(3, 1)]);
+        assert_eq!(memory.predict_anchored(&[9, 5, 6, 7, 8], 5, &mut out), 0);
     }
 }

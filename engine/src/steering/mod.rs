@@ -118,6 +118,8 @@ pub(crate) struct Plan {
     density: Option<u32>,
     /// `(id, grid step)` of every `Position` token.
     positions: Vec<(TokenId, u16)>,
+    /// `(id, pitch)` of every `Pitch` token.
+    pitches: Vec<(TokenId, u8)>,
 }
 
 impl Plan {
@@ -138,9 +140,11 @@ impl Plan {
         let mut playable = 0usize;
         let mut in_range = 0usize;
         let mut positions = Vec::new();
+        let mut pitches = Vec::new();
         for (id, token) in tok.vocab().iter().enumerate() {
             match *token {
                 Token::Pitch(p) => {
+                    pitches.push((id as TokenId, p));
                     let range_ok = steering.range.is_none_or(|r| r.contains(p));
                     let key_ok = key.is_none_or(|k| k.contains(p));
                     in_range += usize::from(range_ok);
@@ -174,7 +178,44 @@ impl Plan {
             blocked,
             density: steering.density,
             positions,
+            pitches,
         })
+    }
+
+    /// Faithfulness's reduced viewpoint, as Pachet's Continuator falls back to one when no
+    /// context matches: how often the memory plays each pitch class, as a logit offset per
+    /// pitch token, `f · T · ln(12 · share)` (shares smoothed by one count each), so that the
+    /// model's distribution over pitches is tilted towards the player's pitch classes,
+    /// `p ∝ p_model · share^f`, whatever the temperature `T` (greedy: `T` = 1). `None` when
+    /// faithfulness is 0 or the memory holds no pitch.
+    pub(crate) fn pitch_class_tilt(
+        &self,
+        memory: &PhraseMemory,
+        temperature: f32,
+    ) -> Option<Vec<(TokenId, f32)>> {
+        if self.faithfulness <= 0.0 {
+            return None;
+        }
+        let mut counts = [0u32; 12];
+        for &id in memory.tokens() {
+            if let Ok(k) = self.pitches.binary_search_by_key(&id, |&(i, _)| i) {
+                counts[usize::from(self.pitches[k].1 % 12)] += 1;
+            }
+        }
+        let total: u32 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let scale = self.faithfulness * if temperature > 0.0 { temperature } else { 1.0 };
+        Some(
+            self.pitches
+                .iter()
+                .map(|&(id, p)| {
+                    let share = (counts[usize::from(p % 12)] as f32 + 1.0) / (total as f32 + 12.0);
+                    (id, scale * (12.0 * share).ln())
+                })
+                .collect(),
+        )
     }
 
     /// Whether the logits need changing at all (otherwise sampling reads the model's row).
