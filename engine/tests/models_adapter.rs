@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use engine::models::{Adapter, AdapterConfig, LoadOptions, Model, Path};
+use engine::models::{Adapter, AdapterConfig, Kernels, LoadOptions, Model};
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/models/tiny_xt")
@@ -55,7 +55,10 @@ fn fresh_adapter_is_an_exact_pass_through() {
     let m = model();
     let ids = tokens();
     let want = m.decoder.forward(&ids, None).unwrap();
-    let hidden = m.decoder.forward_hidden(&ids, None, Path::Fused).unwrap();
+    let hidden = m
+        .decoder
+        .forward_hidden(&ids, None, Kernels::Inference)
+        .unwrap();
     // Same width (identity input projection) and a different width (proj_in / proj_out).
     for dim in [32, 16] {
         let vm = VarMap::new();
@@ -81,7 +84,10 @@ fn a_trained_adapter_changes_the_logits() {
     let vm = VarMap::new();
     let a = Adapter::fresh(&cfg(32), &m.decoder, &vm, DType::F32, &Device::Cpu).unwrap();
     randomise(&vm);
-    let hidden = m.decoder.forward_hidden(&ids, None, Path::Fused).unwrap();
+    let hidden = m
+        .decoder
+        .forward_hidden(&ids, None, Kernels::Inference)
+        .unwrap();
     let got = a.forward(&hidden, None).unwrap();
     assert!(max_abs_diff(&got, &want) > 1e-2);
 }
@@ -95,7 +101,9 @@ fn incremental_adapter_matches_full_forward() {
     randomise(&vm);
     let full = a
         .forward(
-            &m.decoder.forward_hidden(&ids, None, Path::Fused).unwrap(),
+            &m.decoder
+                .forward_hidden(&ids, None, Kernels::Inference)
+                .unwrap(),
             None,
         )
         .unwrap();
@@ -105,7 +113,11 @@ fn incremental_adapter_matches_full_forward() {
     for (s, len) in [(0, 7), (7, 1), (8, 1), (9, 31)] {
         let h = m
             .decoder
-            .forward_hidden(&ids.narrow(1, s, len).unwrap(), Some(&mut dc), Path::Fused)
+            .forward_hidden(
+                &ids.narrow(1, s, len).unwrap(),
+                Some(&mut dc),
+                Kernels::Inference,
+            )
             .unwrap();
         outs.push(a.forward(&h, Some(&mut ac)).unwrap());
     }
@@ -134,7 +146,9 @@ fn adapter_file_round_trips_through_a_model_directory() {
     let ids = tokens();
     let want = a
         .forward(
-            &m.decoder.forward_hidden(&ids, None, Path::Fused).unwrap(),
+            &m.decoder
+                .forward_hidden(&ids, None, Kernels::Inference)
+                .unwrap(),
             None,
         )
         .unwrap();

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, IndexOp, Tensor, D};
-use engine::models::{LoadOptions, Model, Path, Precision};
+use engine::models::{Kernels, LoadOptions, Model, Precision};
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/models/tiny_xt")
@@ -278,11 +278,11 @@ fn fused_and_plain_paths_agree_on_hidden_states() {
     let (tokens, _) = expected();
     let a = model
         .decoder
-        .forward_hidden(&tokens, None, Path::Fused)
+        .forward_hidden(&tokens, None, Kernels::Inference)
         .unwrap();
     let b = model
         .decoder
-        .forward_hidden(&tokens, None, Path::Plain)
+        .forward_hidden(&tokens, None, Kernels::Training)
         .unwrap();
     assert!(max_abs_diff(&a, &b) <= 1e-4);
 }

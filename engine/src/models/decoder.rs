@@ -20,7 +20,7 @@ use candle_nn::{Embedding, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::blocks::{
-    default_attn_dim_head, default_ff_mult, AttentionLayers, Linear, Path, StackConfig, W_INIT,
+    default_attn_dim_head, default_ff_mult, AttentionLayers, Kernels, Linear, StackConfig, W_INIT,
 };
 use super::kv_cache::KvCache;
 
@@ -231,7 +231,7 @@ impl Decoder {
         &self,
         ids: &Tensor,
         cache: Option<&mut KvCache>,
-        path: Path,
+        kernels: Kernels,
     ) -> Result<Tensor> {
         let x = self.token_emb.forward(ids)?;
         match cache {
@@ -245,30 +245,30 @@ impl Decoder {
                 }
                 let offset = c.len();
                 self.layers
-                    .forward(&x, None, None, offset, Some(c.layers_mut()), path)
+                    .forward(&x, None, None, offset, Some(c.layers_mut()), kernels)
             }
-            None => self.layers.forward(&x, None, None, 0, None, path),
+            None => self.layers.forward(&x, None, None, 0, None, kernels),
         }
     }
 
     /// Logits `(b, t, num_tokens)` from a pre-final-norm hidden state.
-    pub fn logits_from_hidden(&self, hidden: &Tensor, path: Path) -> Result<Tensor> {
-        let h = self.layers.final_norm().forward(hidden, path)?;
-        self.to_logits.forward(&h)
+    pub fn logits_from_hidden(&self, hidden: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        let h = self.layers.final_norm().forward(hidden, kernels)?;
+        self.to_logits.forward(&h, kernels)
     }
 
     /// Inference forward: ids `(b, t)` (u32) → logits `(b, t, num_tokens)`. With a cache this
     /// processes `t` new positions after the cached ones (prefill with `t > 1`, then step with
     /// `t = 1`; every sequence in the batch advances together).
     pub fn forward(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let h = self.forward_hidden(ids, cache, Path::Fused)?;
-        self.logits_from_hidden(&h, Path::Fused)
+        let h = self.forward_hidden(ids, cache, Kernels::Inference)?;
+        self.logits_from_hidden(&h, Kernels::Inference)
     }
 
     /// Training forward (differentiable, no cache): ids `(b, t)` → logits `(b, t, num_tokens)`.
     pub fn forward_train(&self, ids: &Tensor) -> Result<Tensor> {
-        let h = self.forward_hidden(ids, None, Path::Plain)?;
-        self.logits_from_hidden(&h, Path::Plain)
+        let h = self.forward_hidden(ids, None, Kernels::Training)?;
+        self.logits_from_hidden(&h, Kernels::Training)
     }
 
     /// An 8-bit (Q8_0) copy for fast CPU inference: every projection is quantized; the

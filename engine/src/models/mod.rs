@@ -6,9 +6,9 @@
 //! attention, GLU feed-forward, the pre-norm stack) and [`kv_cache`]. A model on disk is a
 //! directory ([`model_dir`], documented in `docs/model-format.md`).
 //!
-//! Two forward paths exist everywhere: inference (`forward`, candle's fused kernels, KV cache,
-//! optional f16/bf16 or 8-bit weights) and training (`forward_train` / [`Path::Plain`]),
-//! because candle's fused kernels silently produce no gradient.
+//! Two sets of kernels exist everywhere ([`Kernels`]): inference (`forward`, candle's fused
+//! kernels, KV cache, optional f16/bf16 or 8-bit weights) and training (`forward_train` /
+//! [`Kernels::Training`]), because candle's fused kernels silently produce no gradient.
 //!
 //! Typical generation use:
 //! ```no_run
@@ -37,7 +37,7 @@ pub mod score;
 mod small_matmul;
 
 pub use adapter::{Adapter, AdapterConfig};
-pub use blocks::Path;
+pub use blocks::Kernels;
 pub use decoder::{Decoder, DecoderConfig};
 pub use discriminator::{
     Discriminator, DiscriminatorBatch, DiscriminatorConfig, DiscriminatorOutput,

@@ -430,7 +430,7 @@ impl Model {
                 let h = self.decoder.forward_hidden(
                     ids,
                     Some(&mut cache.decoder),
-                    super::Path::Fused,
+                    super::Kernels::Inference,
                 )?;
                 adapter.forward(&h, Some(acache))
             }
@@ -445,7 +445,9 @@ impl Model {
     pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         match &self.adapter {
             Some(a) => a.forward(
-                &self.decoder.forward_hidden(ids, None, super::Path::Fused)?,
+                &self
+                    .decoder
+                    .forward_hidden(ids, None, super::Kernels::Inference)?,
                 None,
             ),
             None => self.decoder.forward(ids, None),
