@@ -11,7 +11,7 @@
 //! `layer_norm`, `softmax_last_dim`), the one-query decoding attention and the small-batch
 //! matmul: those silently return no gradient (see `docs/candle-cpu-training.md`).
 //! [`Kernels::Training`] is what every training loop must use: on the CPU in f32/f64 it runs the
-//! custom ops of [`super::fused`], which carry their own backward, and elsewhere the same layers
+//! custom ops of [`super::training_ops`], which carry their own backward, and elsewhere the same layers
 //! built from ordinary tensor ops that candle can differentiate (`*_plain` below, also the
 //! training ops' reference in tests).
 
@@ -20,9 +20,9 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use super::decode_attention::decode_attention;
-use super::fused;
 use super::kv_cache::LayerCache;
 use super::small_matmul::{self, SmallMatmul};
+use super::training_ops;
 
 /// Which kernels a forward pass runs, decided once by its entry point (`forward` or
 /// `forward_train` of each network) and passed down unchanged to every layer, so that no layer
@@ -131,11 +131,11 @@ fn small_batch(x: &Tensor, weight: &Tensor) -> bool {
 
 impl Linear {
     /// `x · weightᵀ + bias`. With [`Kernels::Training`] a dense weight takes
-    /// [`fused::linear`] where it runs: a single autograd node with a fast bias gradient.
+    /// [`training_ops::linear`] where it runs: a single autograd node with a fast bias gradient.
     pub(crate) fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
         let (y, bias) = match self {
             Self::Plain { weight, bias } if trains(x, weight, kernels) => {
-                return fused::linear(x, weight, bias.as_ref());
+                return training_ops::linear(x, weight, bias.as_ref());
             }
             Self::Plain { weight, bias } => (plain_matmul(x, weight)?, bias),
             Self::Quantized { weight, bias } => {
@@ -151,10 +151,10 @@ impl Linear {
     }
 }
 
-/// Whether a product with a dense weight takes the training op [`fused::linear`]: training
+/// Whether a product with a dense weight takes the training op [`training_ops::linear`]: training
 /// kernels, and an input and weight that op runs on.
 fn trains(x: &Tensor, weight: &Tensor, kernels: Kernels) -> bool {
-    kernels == Kernels::Training && fused::supports(x) && weight.dtype() == x.dtype()
+    kernels == Kernels::Training && training_ops::supports(x) && weight.dtype() == x.dtype()
 }
 
 /// `x · weightᵀ` for a dense weight, without bias.
@@ -209,8 +209,8 @@ impl LayerNorm {
             let gain = (&self.gamma + 1.0)?;
             return candle_nn::ops::layer_norm(&x, &gain, &self.zero_bias, LN_EPS as f32);
         }
-        if fused::supports(x) && self.gamma.dtype() == dtype {
-            return fused::layer_norm(x, &self.gamma, LN_EPS);
+        if training_ops::supports(x) && self.gamma.dtype() == dtype {
+            return training_ops::layer_norm(x, &self.gamma, LN_EPS);
         }
         layer_norm_plain(x, &self.gamma)
     }
@@ -246,8 +246,8 @@ pub(crate) fn softmax_plain(x: &Tensor) -> Result<Tensor> {
 fn softmax(scores: &Tensor, mask: Option<&Tensor>, kernels: Kernels) -> Result<Tensor> {
     // The plain path's own op takes the mask too, so that the `(b, heads, t, t)` sum is never
     // materialised and differentiated (candle would compute a gradient for the constant mask).
-    if kernels == Kernels::Training && fused::supports(scores) {
-        return fused::softmax_last_dim(scores, mask);
+    if kernels == Kernels::Training && training_ops::supports(scores) {
+        return training_ops::softmax_last_dim(scores, mask);
     }
     let scores = match mask {
         Some(m) => scores.broadcast_add(m)?,
@@ -332,7 +332,9 @@ impl RotaryTables {
             Kernels::Inference => {
                 candle_nn::rotary_emb::rope_i(&x.contiguous()?, &self.cos, &self.sin)
             }
-            Kernels::Training if fused::supports(x) => fused::rotary(x, &self.cos, &self.sin),
+            Kernels::Training if training_ops::supports(x) => {
+                training_ops::rotary(x, &self.cos, &self.sin)
+            }
             Kernels::Training => rotary_plain(x, &self.cos, &self.sin),
         }
     }
@@ -482,13 +484,13 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let kv_src = context.unwrap_or(x);
-        if kernels == Kernels::Training && cache.is_none() && fused::supports(x) {
+        if kernels == Kernels::Training && cache.is_none() && training_ops::supports(x) {
             // Training: everything between the projections as one node with its own backward.
             let tables = match (rotary, context) {
                 (Some(r), None) => Some((&r.cos, &r.sin)),
                 _ => None,
             };
-            let out = fused::attention(
+            let out = training_ops::attention(
                 &self.to_q.forward(x, kernels)?,
                 &self.to_k.forward(kv_src, kernels)?,
                 &self.to_v.forward(kv_src, kernels)?,
@@ -572,7 +574,7 @@ impl FeedForward {
                 weight,
                 bias: Some(bias),
             } if trains(x, weight, kernels) => {
-                fused::gelu_glu(&fused::linear(x, weight, None)?, bias)?
+                training_ops::gelu_glu(&training_ops::linear(x, weight, None)?, bias)?
             }
             _ => gelu_glu_plain(&self.proj.forward(x, kernels)?, self.inner)?,
         };

@@ -30,11 +30,11 @@ mod decode_attention;
 pub mod decoder;
 pub mod discriminator;
 mod error;
-mod fused;
 pub mod kv_cache;
 pub mod model_dir;
 pub mod score;
 mod small_matmul;
+mod training_ops;
 
 pub use adapter::{Adapter, AdapterConfig};
 pub use blocks::Kernels;
