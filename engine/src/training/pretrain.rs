@@ -25,6 +25,7 @@ use super::checkpoint::{self, State, CHECKPOINT_FILE};
 use super::optim::{AdamW, AdamWConfig};
 use super::schedule::Schedule;
 use super::{Corpus, Error, Result};
+use crate::hash::stable_hash;
 use crate::models::{Decoder, ModelConfig};
 
 /// File names inside a run folder.
@@ -164,7 +165,7 @@ fn seeded_init(vars: &[(String, Var)], seed: u64) -> Result<()> {
         if var.rank() < 2 {
             continue;
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ fnv(name));
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ stable_hash(name));
         let n = var.elem_count();
         let mut values = Vec::with_capacity(n);
         while values.len() < n {
@@ -181,12 +182,6 @@ fn seeded_init(vars: &[(String, Var)], seed: u64) -> Result<()> {
         var.set(&t)?;
     }
     Ok(())
-}
-
-fn fnv(text: &str) -> u64 {
-    text.bytes().fold(0xcbf29ce484222325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-    })
 }
 
 /// Mean next-token NLL over non-padding targets of `windows` (`b` rows of `seq + 1` ids),
@@ -393,7 +388,7 @@ impl Trainer {
         let (mut loss_sum, mut tokens) = (0f64, 0u64);
         for micro in 0..self.cfg.accum {
             let mut rng = ChaCha8Rng::seed_from_u64(
-                self.cfg.seed ^ fnv(&format!("step {step} micro {micro}")),
+                self.cfg.seed ^ stable_hash(format!("step {step} micro {micro}")),
             );
             let windows = self.corpus.sample_batch(
                 &mut rng,
