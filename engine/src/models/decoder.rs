@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::blocks::{
     default_attn_dim_head, default_ff_mult, AttentionLayers, Kernels, Linear, StackConfig, W_INIT,
 };
+use super::error::ConfigError;
 use super::kv_cache::KvCache;
 
 /// The `Decoder(...)` arguments of the x-transformers model, under x-transformers' own names.
@@ -91,12 +92,12 @@ impl DecoderConfig {
     }
 
     /// Refuses option values the engine does not implement, naming the key.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
         if !self.ff_glu {
-            return Err("decoder.ff_glu must be true (the engine implements the GLU feed-forward only; x-transformers' default is false)".into());
+            return Err(ConfigError::NoGlu);
         }
         if !self.rotary_pos_emb {
-            return Err("decoder.rotary_pos_emb must be true (the engine implements rotary positions only; x-transformers' default is false)".into());
+            return Err(ConfigError::NoRotary);
         }
         validate_shape(
             "decoder",
@@ -127,23 +128,23 @@ impl DecoderConfig {
 
 /// Shared range checks for the transformer shapes of all three networks.
 pub(crate) fn validate_shape(
-    what: &str,
+    network: &'static str,
     dim: usize,
     depth: usize,
     heads: usize,
     dim_head: usize,
     ff_mult: usize,
     rot_dim: usize,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), ConfigError> {
     if dim == 0 || depth == 0 || heads == 0 || dim_head == 0 || ff_mult == 0 {
-        return Err(format!(
-            "{what}: dim, depth, heads, attn_dim_head and ff_mult must all be positive"
-        ));
+        return Err(ConfigError::EmptyShape { network });
     }
     if rot_dim == 0 || !rot_dim.is_multiple_of(2) || rot_dim > dim_head {
-        return Err(format!(
-            "{what}.rotary_emb_dim = {rot_dim}: must be even, positive and at most attn_dim_head = {dim_head}"
-        ));
+        return Err(ConfigError::RotaryDim {
+            network,
+            rot_dim,
+            dim_head,
+        });
     }
     Ok(())
 }

@@ -81,7 +81,9 @@ impl TrainConfig {
         if self.val_every == 0 || self.checkpoint_every == 0 {
             return bad("val_every and checkpoint_every must be at least 1");
         }
-        self.model.validate().map_err(Error::Config)
+        self.model
+            .validate()
+            .map_err(|e| Error::Config(e.to_string()))
     }
 
     /// Reads `run.json` from a run folder.
@@ -401,9 +403,9 @@ impl Trainer {
             loss_sum += loss.to_scalar::<f32>()? as f64;
             tokens += count;
             for (i, (name, var)) in self.opt.params.iter().enumerate() {
-                let g = grads.get(var.as_tensor()).ok_or_else(|| {
-                    Error::Config(format!("`{name}` got no gradient (a fused kernel?)"))
-                })?;
+                let g = grads
+                    .get(var.as_tensor())
+                    .ok_or_else(|| Error::MissingGradient { name: name.clone() })?;
                 sums[i] = Some(match sums[i].take() {
                     Some(s) => (s + g)?,
                     None => g.clone(),
@@ -418,9 +420,7 @@ impl Trainer {
         let grad_norm = self.opt.step(&grads, lr, self.cfg.clip)?;
         let loss = loss_sum * scale;
         if !loss.is_finite() {
-            return Err(Error::Config(format!(
-                "the loss became {loss} at step {step}; lower --lr"
-            )));
+            return Err(Error::Diverged { step, loss });
         }
         let seconds = started.elapsed().as_secs_f64();
         self.state.step += 1;
