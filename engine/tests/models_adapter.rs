@@ -1,14 +1,11 @@
 //! The style adapter: exact pass-through at initialisation, KV cache, and its own file.
 
-use std::path::PathBuf;
+mod common;
+use common::{fixture_dir, max_abs_diff};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use engine::models::{Adapter, AdapterConfig, Kernels, LoadOptions, Model};
-
-fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/models/tiny_xt")
-}
 
 fn model() -> Model {
     Model::load(fixture_dir(), &LoadOptions::default()).unwrap()
@@ -19,19 +16,6 @@ fn tokens() -> Tensor {
         candle_core::safetensors::load(fixture_dir().join("expected.safetensors"), &Device::Cpu)
             .unwrap();
     t["tokens"].to_dtype(DType::U32).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 fn cfg(dim: usize) -> AdapterConfig {
@@ -127,8 +111,11 @@ fn incremental_adapter_matches_full_forward() {
 
 #[test]
 fn adapter_file_round_trips_through_a_model_directory() {
-    let dir = std::env::temp_dir().join(format!("continuator-adapter-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("continuator-adapter-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
     for f in ["decoder.safetensors", "tokenizer.json"] {
         std::fs::copy(fixture_dir().join(f), dir.join(f)).unwrap();
     }
@@ -141,7 +128,7 @@ fn adapter_file_round_trips_through_a_model_directory() {
     randomise(&vm);
     vm.save(dir.join("adapter.safetensors")).unwrap();
 
-    let loaded = Model::load(&dir, &LoadOptions::default()).unwrap();
+    let loaded = Model::load(dir, &LoadOptions::default()).unwrap();
     assert!(loaded.adapter.is_some());
     let ids = tokens();
     let want = a
@@ -182,5 +169,4 @@ fn adapter_file_round_trips_through_a_model_directory() {
             &m.decoder.forward(&ids, None).unwrap()
         ) <= 1e-5
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }

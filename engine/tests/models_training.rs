@@ -92,8 +92,8 @@ fn every_decoder_variable_gets_a_gradient() {
 }
 
 #[test]
-fn the_fused_path_really_drops_gradients() {
-    // Documents why the plain path exists: if candle ever fixes this, the note can go.
+fn the_inference_kernels_really_drop_gradients() {
+    // Documents why the training kernels exist: if candle ever fixes this, the note can go.
     let (d, vm) = decoder(DType::F32);
     let x = ids(&Device::Cpu);
     let loss = cross_entropy(&d.forward(&x, None).unwrap(), &x);
