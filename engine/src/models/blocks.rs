@@ -11,9 +11,9 @@
 //! `layer_norm`, `softmax_last_dim`), the one-query decoding attention and the small-batch
 //! matmul: those silently return no gradient (see `docs/candle-cpu-training.md`).
 //! [`Kernels::Training`] is what every training loop must use: on the CPU in f32/f64 it runs the
-//! custom ops of [`super::training_ops`], which carry their own backward, and elsewhere the same layers
-//! built from ordinary tensor ops that candle can differentiate (`*_plain` below, also the
-//! training ops' reference in tests).
+//! custom ops of [`super::training_ops`], which carry their own backward, and elsewhere the same
+//! layers built from ordinary tensor ops that candle can differentiate (`*_plain` below, also
+//! the training ops' reference in tests).
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
@@ -216,7 +216,7 @@ impl LayerNorm {
     }
 }
 
-/// [`LayerNorm`] from plain tensor ops (differentiable): the fallback where the fused op does
+/// [`LayerNorm`] from plain tensor ops (differentiable): the fallback where the training op does
 /// not run, and its reference in tests.
 pub(crate) fn layer_norm_plain(x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
     let dtype = x.dtype();
@@ -244,7 +244,7 @@ pub(crate) fn softmax_plain(x: &Tensor) -> Result<Tensor> {
 
 /// Attention weights: softmax over the keys of `scores + mask` (the mask is additive).
 fn softmax(scores: &Tensor, mask: Option<&Tensor>, kernels: Kernels) -> Result<Tensor> {
-    // The plain path's own op takes the mask too, so that the `(b, heads, t, t)` sum is never
+    // The training op takes the mask too, so that the `(b, heads, t, t)` sum is never
     // materialised and differentiated (candle would compute a gradient for the constant mask).
     if kernels == Kernels::Training && training_ops::supports(scores) {
         return training_ops::softmax_last_dim(scores, mask);
@@ -341,7 +341,7 @@ impl RotaryTables {
 }
 
 /// Interleaved rotary embedding of `x` (`(b, heads, t, dim_head)`) from plain tensor ops
-/// (differentiable): the fallback where the fused op does not run, and its reference in tests.
+/// (differentiable): the fallback where the training op does not run, and its reference in tests.
 pub(crate) fn rotary_plain(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let (b, h, t, d) = x.dims4()?;
     let half = d / 2;
@@ -583,7 +583,7 @@ impl FeedForward {
 }
 
 /// `value · gelu(gate)` from the two halves of `h` (`(…, 2 · inner)`) with plain tensor ops:
-/// the inference path, the fallback where the fused op does not run, and its reference in
+/// the inference path, the fallback where the training op does not run, and its reference in
 /// tests.
 pub(crate) fn gelu_glu_plain(h: &Tensor, inner: usize) -> Result<Tensor> {
     let value = h.narrow(D::Minus1, 0, inner)?;

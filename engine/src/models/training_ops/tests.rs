@@ -161,7 +161,7 @@ fn rotary_matches_plain_ops() {
     );
 }
 
-/// [`attention`] from plain ops, as blocks.rs computes it without the fused ops.
+/// [`attention`] from plain ops, as blocks.rs computes it without the training ops.
 fn attention_plain(
     x: &[Tensor],
     heads: usize,
