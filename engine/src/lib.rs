@@ -5,8 +5,10 @@
 //! module named for it.
 
 pub mod baselines;
+pub mod fs;
 pub mod generation;
 pub mod grammar;
+mod hash;
 pub mod key;
 pub mod metrics;
 pub mod midi;

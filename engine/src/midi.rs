@@ -308,17 +308,9 @@ pub struct NoteTrack<'a> {
     pub notes: &'a [Note],
 }
 
-/// Writes through a temporary file and a rename, so a crash never leaves half a file behind.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let file_name = path
-        .file_name()
-        .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = path.with_file_name(format!(".{file_name}.tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
-}
+/// Writes through a temporary file and a rename, so a crash never leaves half a file behind
+/// (see [`crate::fs::write_atomically`], which this is).
+pub use crate::fs::write_atomically;
 
 /// A track from timed events, ended no earlier than `end` (the score's End of Track).
 fn to_track(

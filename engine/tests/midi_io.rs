@@ -11,10 +11,12 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("continuator-midi-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh, empty temporary folder for one test, removed when dropped (also on panic).
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("continuator-midi-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// A minimal SMF with the given header timing word and one track's raw event bytes.
@@ -128,7 +130,8 @@ fn meter_and_tempo_maps_are_read() {
 
 #[test]
 fn write_then_read_gives_the_same_score() {
-    let dir = temp_dir("roundtrip");
+    let tmp = temp_dir("roundtrip");
+    let dir = tmp.path();
     for name in [
         "waltz_then_6_8.mid",
         "edges.mid",
@@ -141,12 +144,12 @@ fn write_then_read_gives_the_same_score() {
         let back = Score::read_file(&out).unwrap();
         assert_eq!(back, score, "{name}");
     }
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn bad_files_get_typed_errors_naming_the_file() {
-    let dir = temp_dir("bad");
+    let tmp = temp_dir("bad");
+    let dir = tmp.path();
     let good = std::fs::read(fixture("scale_4_4.mid")).unwrap();
     type Expect = fn(&MidiErrorKind) -> bool;
     let cases: Vec<(&str, Vec<u8>, Expect)> = vec![
@@ -195,7 +198,6 @@ fn bad_files_get_typed_errors_naming_the_file() {
     f.set_len(MAX_FILE_BYTES as u64 + 1).unwrap();
     let err = Score::read_file(&huge).unwrap_err();
     assert!(matches!(err.kind, MidiErrorKind::TooLarge { .. }), "{err}");
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]

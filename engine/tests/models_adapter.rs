@@ -1,14 +1,11 @@
 //! The style adapter: exact pass-through at initialisation, KV cache, and its own file.
 
-use std::path::PathBuf;
+mod common;
+use common::{fixture_dir, max_abs_diff};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use engine::models::{Adapter, AdapterConfig, LoadOptions, Model, Path};
-
-fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/models/tiny_xt")
-}
+use engine::models::{Adapter, AdapterConfig, Kernels, LoadOptions, Model};
 
 fn model() -> Model {
     Model::load(fixture_dir(), &LoadOptions::default()).unwrap()
@@ -19,19 +16,6 @@ fn tokens() -> Tensor {
         candle_core::safetensors::load(fixture_dir().join("expected.safetensors"), &Device::Cpu)
             .unwrap();
     t["tokens"].to_dtype(DType::U32).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 fn cfg(dim: usize) -> AdapterConfig {
@@ -55,7 +39,10 @@ fn fresh_adapter_is_an_exact_pass_through() {
     let m = model();
     let ids = tokens();
     let want = m.decoder.forward(&ids, None).unwrap();
-    let hidden = m.decoder.forward_hidden(&ids, None, Path::Fused).unwrap();
+    let hidden = m
+        .decoder
+        .forward_hidden(&ids, None, Kernels::Inference)
+        .unwrap();
     // Same width (identity input projection) and a different width (proj_in / proj_out).
     for dim in [32, 16] {
         let vm = VarMap::new();
@@ -81,7 +68,10 @@ fn a_trained_adapter_changes_the_logits() {
     let vm = VarMap::new();
     let a = Adapter::fresh(&cfg(32), &m.decoder, &vm, DType::F32, &Device::Cpu).unwrap();
     randomise(&vm);
-    let hidden = m.decoder.forward_hidden(&ids, None, Path::Fused).unwrap();
+    let hidden = m
+        .decoder
+        .forward_hidden(&ids, None, Kernels::Inference)
+        .unwrap();
     let got = a.forward(&hidden, None).unwrap();
     assert!(max_abs_diff(&got, &want) > 1e-2);
 }
@@ -95,7 +85,9 @@ fn incremental_adapter_matches_full_forward() {
     randomise(&vm);
     let full = a
         .forward(
-            &m.decoder.forward_hidden(&ids, None, Path::Fused).unwrap(),
+            &m.decoder
+                .forward_hidden(&ids, None, Kernels::Inference)
+                .unwrap(),
             None,
         )
         .unwrap();
@@ -105,7 +97,11 @@ fn incremental_adapter_matches_full_forward() {
     for (s, len) in [(0, 7), (7, 1), (8, 1), (9, 31)] {
         let h = m
             .decoder
-            .forward_hidden(&ids.narrow(1, s, len).unwrap(), Some(&mut dc), Path::Fused)
+            .forward_hidden(
+                &ids.narrow(1, s, len).unwrap(),
+                Some(&mut dc),
+                Kernels::Inference,
+            )
             .unwrap();
         outs.push(a.forward(&h, Some(&mut ac)).unwrap());
     }
@@ -115,8 +111,11 @@ fn incremental_adapter_matches_full_forward() {
 
 #[test]
 fn adapter_file_round_trips_through_a_model_directory() {
-    let dir = std::env::temp_dir().join(format!("continuator-adapter-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("continuator-adapter-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
     for f in ["decoder.safetensors", "tokenizer.json"] {
         std::fs::copy(fixture_dir().join(f), dir.join(f)).unwrap();
     }
@@ -129,12 +128,14 @@ fn adapter_file_round_trips_through_a_model_directory() {
     randomise(&vm);
     vm.save(dir.join("adapter.safetensors")).unwrap();
 
-    let loaded = Model::load(&dir, &LoadOptions::default()).unwrap();
+    let loaded = Model::load(dir, &LoadOptions::default()).unwrap();
     assert!(loaded.adapter.is_some());
     let ids = tokens();
     let want = a
         .forward(
-            &m.decoder.forward_hidden(&ids, None, Path::Fused).unwrap(),
+            &m.decoder
+                .forward_hidden(&ids, None, Kernels::Inference)
+                .unwrap(),
             None,
         )
         .unwrap();
@@ -168,5 +169,4 @@ fn adapter_file_round_trips_through_a_model_directory() {
             &m.decoder.forward(&ids, None).unwrap()
         ) <= 1e-5
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,14 +1,11 @@
 //! The decoder against PyTorch x-transformers (the `tiny_xt` fixture), the KV cache against the
 //! full forward, batched decoding, and reduced precision.
 
-use std::path::PathBuf;
+mod common;
+use common::{fixture_dir, max_abs_diff};
 
 use candle_core::{DType, Device, IndexOp, Tensor, D};
-use engine::models::{LoadOptions, Model, Path, Precision};
-
-fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/models/tiny_xt")
-}
+use engine::models::{Kernels, LoadOptions, Model, Precision};
 
 fn load(precision: Precision) -> Model {
     let opts = LoadOptions {
@@ -27,19 +24,6 @@ fn expected() -> (Tensor, Tensor) {
         t["tokens"].to_dtype(DType::U32).unwrap(),
         t["logits"].clone(),
     )
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]
@@ -278,11 +262,11 @@ fn fused_and_plain_paths_agree_on_hidden_states() {
     let (tokens, _) = expected();
     let a = model
         .decoder
-        .forward_hidden(&tokens, None, Path::Fused)
+        .forward_hidden(&tokens, None, Kernels::Inference)
         .unwrap();
     let b = model
         .decoder
-        .forward_hidden(&tokens, None, Path::Plain)
+        .forward_hidden(&tokens, None, Kernels::Training)
         .unwrap();
     assert!(max_abs_diff(&a, &b) <= 1e-4);
 }

@@ -1,35 +1,34 @@
 //! Model directories: a PyTorch-only directory loads and scores; every kind of bad file gives
 //! an error naming the file and the tensor, never a panic.
 
+mod common;
+use common::fixture_dir;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use engine::models::{Error, LoadOptions, Model, ModelConfig, ModelFiles};
 
-fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/models/tiny_xt")
-}
-
-/// A scratch copy of the fixture directory, removed on drop.
-struct Scratch(PathBuf);
+/// A scratch copy of the fixture directory, removed on drop (also on panic).
+struct Scratch(tempfile::TempDir);
 
 impl Scratch {
     fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("continuator-models-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("continuator-models-{name}-"))
+            .tempdir()
+            .unwrap();
         for f in ["config.json", "tokenizer.json", "decoder.safetensors"] {
-            std::fs::copy(fixture_dir().join(f), dir.join(f)).unwrap();
+            std::fs::copy(fixture_dir().join(f), dir.path().join(f)).unwrap();
         }
         Self(dir)
     }
     fn path(&self, f: &str) -> PathBuf {
-        self.0.join(f)
+        self.0.path().join(f)
     }
     fn load(&self) -> Result<Model, Error> {
-        Model::load(&self.0, &LoadOptions::default())
+        Model::load(self.0.path(), &LoadOptions::default())
     }
     fn weights(&self) -> HashMap<String, Tensor> {
         candle_core::safetensors::load(self.path("decoder.safetensors"), &Device::Cpu).unwrap()
@@ -43,12 +42,6 @@ impl Scratch {
             serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
         f(&mut v);
         std::fs::write(&p, v.to_string()).unwrap();
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -292,7 +285,7 @@ fn bad_adapter_and_discriminator_files() {
         adapter: false,
         ..LoadOptions::default()
     };
-    assert!(Model::load(&s.0, &opts).is_ok());
+    assert!(Model::load(s.0.path(), &opts).is_ok());
 
     // A discriminator file is checked only when asked for.
     let s = Scratch::new("disc");
@@ -311,7 +304,7 @@ fn bad_adapter_and_discriminator_files() {
         discriminator: true,
         ..LoadOptions::default()
     };
-    let e = Model::load(&s.0, &opts).unwrap_err();
+    let e = Model::load(s.0.path(), &opts).unwrap_err();
     assert!(matches!(e, Error::MissingTensor { .. }), "{e}");
     assert_names(&e, "discriminator.safetensors", Some("prime_encoder."));
 }

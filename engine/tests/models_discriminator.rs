@@ -3,7 +3,7 @@
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use engine::models::discriminator::bar_indices;
-use engine::models::{Discriminator, DiscriminatorConfig, Path};
+use engine::models::{Discriminator, DiscriminatorConfig, Kernels};
 
 fn disc() -> (Discriminator, VarMap) {
     let vm = VarMap::new();
@@ -46,7 +46,7 @@ fn output_shapes() {
         .unwrap();
     // Bar tokens at 2, 9, 16: the tokens before the first one are a bar too.
     assert_eq!(batch.bars, vec![4, 3, 1]);
-    let out = d.forward(&batch, Path::Fused).unwrap();
+    let out = d.forward(&batch, Kernels::Inference).unwrap();
     assert_eq!(out.logit.dims(), &[3]);
     for s in [&out.token_score, &out.bar_score, &out.order_score] {
         assert_eq!(s.dims(), &[3]);
@@ -64,7 +64,7 @@ fn output_shapes() {
     let p: Vec<f32> = out.p_real().unwrap().to_vec1().unwrap();
     assert!(p.iter().all(|&x| x > 0.0 && x < 1.0));
     // Training and inference paths compute the same function.
-    let plain = d.forward(&batch, Path::Plain).unwrap();
+    let plain = d.forward(&batch, Kernels::Training).unwrap();
     let diff: f32 = (plain.logit - out.logit)
         .unwrap()
         .abs()
@@ -81,14 +81,17 @@ fn padding_does_not_change_a_sequence_score() {
     let (d, _vm) = disc();
     let (p, c) = (seq(6, 1), seq(10, 2));
     let alone = d
-        .forward(&d.batch(&[&p], &[&c], &Device::Cpu).unwrap(), Path::Plain)
+        .forward(
+            &d.batch(&[&p], &[&c], &Device::Cpu).unwrap(),
+            Kernels::Training,
+        )
         .unwrap();
     // Same pair next to longer sequences: its prime, continuation and bars get padded.
     let (p2, c2) = (seq(15, 3), seq(30, 4));
     let batch = d
         .batch(&[&p2, &p, &p2], &[&c2, &c, &c2], &Device::Cpu)
         .unwrap();
-    let padded = d.forward(&batch, Path::Plain).unwrap();
+    let padded = d.forward(&batch, Kernels::Training).unwrap();
     let close = |a: &Tensor, b: &Tensor| {
         let m: f32 = (a - b)
             .unwrap()
@@ -128,7 +131,7 @@ fn padding_does_not_change_a_sequence_score() {
     let other = d
         .forward(
             &d.batch(&[&p], &[&seq(10, 9)], &Device::Cpu).unwrap(),
-            Path::Plain,
+            Kernels::Training,
         )
         .unwrap();
     let m: f32 = (alone.logit - other.logit)
@@ -160,7 +163,7 @@ fn all_bars_in_one_and_many_bars() {
     let many: Vec<u32> = vec![BAR, 10, BAR, 11, BAR, BAR, 12];
     let b = d.batch(&[&p, &p], &[&one, &many], &Device::Cpu).unwrap();
     assert_eq!(b.bars, vec![1, 4]);
-    let out = d.forward(&b, Path::Fused).unwrap();
+    let out = d.forward(&b, Kernels::Inference).unwrap();
     let v: Vec<f32> = out.logit.to_vec1().unwrap();
     assert!(v.iter().all(|x| x.is_finite()));
 }

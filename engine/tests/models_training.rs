@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
 use engine::models::{
-    Adapter, AdapterConfig, Decoder, DecoderConfig, Discriminator, DiscriminatorConfig, Path,
+    Adapter, AdapterConfig, Decoder, DecoderConfig, Discriminator, DiscriminatorConfig, Kernels,
 };
 
 const V: usize = 373;
@@ -92,8 +92,8 @@ fn every_decoder_variable_gets_a_gradient() {
 }
 
 #[test]
-fn the_fused_path_really_drops_gradients() {
-    // Documents why the plain path exists: if candle ever fixes this, the note can go.
+fn the_inference_kernels_really_drop_gradients() {
+    // Documents why the training kernels exist: if candle ever fixes this, the note can go.
     let (d, vm) = decoder(DType::F32);
     let x = ids(&Device::Cpu);
     let loss = cross_entropy(&d.forward(&x, None).unwrap(), &x);
@@ -110,7 +110,10 @@ fn the_fused_path_really_drops_gradients() {
 fn every_adapter_variable_gets_a_gradient() {
     let (d, _) = decoder(DType::F32);
     let x = ids(&Device::Cpu);
-    let hidden = d.forward_hidden(&x, None, Path::Plain).unwrap().detach();
+    let hidden = d
+        .forward_hidden(&x, None, Kernels::Training)
+        .unwrap()
+        .detach();
     for dim in [32, 16] {
         let cfg = AdapterConfig {
             dim,
@@ -165,7 +168,7 @@ fn every_discriminator_variable_gets_a_gradient() {
     let batch = d
         .batch(&[&p0, &p0[..3]], &[&c0, &c1], &Device::Cpu)
         .unwrap();
-    let out = d.forward(&batch, Path::Plain).unwrap();
+    let out = d.forward(&batch, Kernels::Training).unwrap();
     // Binary cross-entropy against "first real, second fake", plus the sub-scores so each
     // head's own parameters matter on their own too.
     let y = Tensor::new(&[1f32, 0.], &Device::Cpu).unwrap();
@@ -255,7 +258,10 @@ fn decoder_and_adapter_gradients_match_finite_differences() {
             .unwrap();
         var.set(&t).unwrap();
     }
-    let h = d.forward_hidden(&x, None, Path::Plain).unwrap().detach();
+    let h = d
+        .forward_hidden(&x, None, Kernels::Training)
+        .unwrap()
+        .detach();
     finite_difference_check(
         &avm,
         &|| weighted_sum(&a.forward_train(&h).unwrap(), 2),
@@ -275,7 +281,7 @@ fn discriminator_gradients_match_finite_differences() {
     finite_difference_check(
         &vm,
         &|| {
-            let o = d.forward(&batch, Path::Plain).unwrap();
+            let o = d.forward(&batch, Kernels::Training).unwrap();
             (weighted_sum(&o.logit, 4) + weighted_sum(&o.bar_scores, 5)).unwrap()
         },
         "discriminator",

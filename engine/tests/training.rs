@@ -12,18 +12,16 @@ use engine::training::checkpoint::CHECKPOINT_FILE;
 use engine::training::optim::AdamWConfig;
 use engine::training::schedule::Schedule;
 use engine::training::{Corpus, CorpusOptions, Error, RunOptions, TrainConfig, Trainer};
+use tempfile::TempDir;
 
 const MIDI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tokenizer/midi");
 
-/// A fresh, empty temporary folder for one test.
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "continuator-training-{name}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh, empty temporary folder for one test, removed when dropped (also on panic).
+fn temp(name: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("continuator-training-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// A copy of the test MIDI files (so tests can add bad files next to them).
@@ -109,8 +107,9 @@ fn bits(t: &Trainer) -> Vec<(String, Vec<u32>)> {
 
 #[test]
 fn twenty_steps_equal_ten_plus_resume_plus_ten_bit_for_bit() {
-    let root = temp("resume");
-    let data = midi_copy(&root);
+    let tmp = temp("resume");
+    let root = tmp.path();
+    let data = midi_copy(root);
     let cfg = config(&data, 20);
 
     let straight = train(&cfg, &root.join("straight"), false, None);
@@ -138,7 +137,6 @@ fn twenty_steps_equal_ten_plus_resume_plus_ten_bit_for_bit() {
     let val = resumed.state().val_loss.unwrap();
     assert!(val.is_finite() && val < 5.5, "validation loss {val}");
     assert!(resumed.bigram_val_loss() < 5.92);
-    std::fs::remove_dir_all(&root).ok();
 }
 
 /// The thread count changes how work is split, never the result: a run continued on a machine
@@ -147,8 +145,9 @@ fn twenty_steps_equal_ten_plus_resume_plus_ten_bit_for_bit() {
 /// gradients together.
 #[test]
 fn one_thread_and_two_threads_train_the_same_bits() {
-    let root = temp("threads");
-    let data = midi_copy(&root);
+    let tmp = temp("threads");
+    let root = tmp.path();
+    let data = midi_copy(root);
     let mut cfg = config(&data, 3);
     cfg.model.max_seq_len = 64;
     cfg.seq = 64;
@@ -164,12 +163,12 @@ fn one_thread_and_two_threads_train_the_same_bits() {
         bits(&t)
     };
     assert!(run(1) == run(2), "weights differ between 1 and 2 threads");
-    std::fs::remove_dir_all(&root).ok();
 }
 
 #[test]
 fn an_empty_or_midi_less_folder_is_a_clear_error() {
-    let root = temp("empty");
+    let tmp = temp("empty");
+    let root = tmp.path();
     let empty = root.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     let err = corpus(&empty, &root.join("cache")).unwrap_err();
@@ -194,13 +193,13 @@ fn an_empty_or_midi_less_folder_is_a_clear_error() {
         matches!(err, Error::NothingUsable { files: 1, .. }),
         "{err}"
     );
-    std::fs::remove_dir_all(&root).ok();
 }
 
 #[test]
 fn a_corrupt_file_is_skipped_and_listed_and_the_cache_is_reused() {
-    let root = temp("corrupt");
-    let data = midi_copy(&root);
+    let tmp = temp("corrupt");
+    let root = tmp.path();
+    let data = midi_copy(root);
     let bad = data.join("zz_corrupt.mid");
     std::fs::write(&bad, b"MThd\x00\x00\x00\x06 this is not MIDI").unwrap();
     let cache = root.join("cache");
@@ -225,15 +224,15 @@ fn a_corrupt_file_is_skipped_and_listed_and_the_cache_is_reused() {
     let third = corpus(&data, &cache).unwrap();
     assert!(!third.from_cache());
     assert!(third.skipped().iter().all(|s| s.file != bad));
-    std::fs::remove_dir_all(&root).ok();
 }
 
 #[test]
 fn windows_start_at_bars_and_transposition_stays_in_range() {
     use engine::tokenizer::TokenKind;
     use rand::SeedableRng;
-    let root = temp("windows");
-    let data = midi_copy(&root);
+    let tmp = temp("windows");
+    let root = tmp.path();
+    let data = midi_copy(root);
     let c = corpus(&data, &root.join("cache")).unwrap();
     let tok = Tokenizer::reference();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
@@ -249,13 +248,13 @@ fn windows_start_at_bars_and_transposition_stays_in_range() {
             assert!(w.iter().all(|&id| (id as usize) < tok.vocab_size()));
         }
     }
-    std::fs::remove_dir_all(&root).ok();
 }
 
 #[test]
 fn an_exported_run_loads_as_a_model_directory() {
-    let root = temp("export");
-    let data = midi_copy(&root);
+    let tmp = temp("export");
+    let root = tmp.path();
+    let data = midi_copy(root);
     let cfg = config(&data, 3);
     let run = root.join("run");
     train(&cfg, &run, false, None);
@@ -272,7 +271,6 @@ fn an_exported_run_loads_as_a_model_directory() {
         let nll = model.score(&ids).unwrap();
         assert!(nll.mean_nll.is_finite() && nll.mean_nll > 0.0);
     }
-    std::fs::remove_dir_all(&root).ok();
 }
 
 /// Sets the stop flag (what Ctrl-C does) once a step is reported.
@@ -291,8 +289,9 @@ impl engine::training::Observer for StopAfter {
 
 #[test]
 fn a_stop_request_checkpoints_after_the_current_step() {
-    let root = temp("stop");
-    let data = midi_copy(&root);
+    let tmp = temp("stop");
+    let root = tmp.path();
+    let data = midi_copy(root);
     let cfg = config(&data, 50);
     let out = root.join("run");
     let c = corpus(&data, &out.join("data")).unwrap();
@@ -312,5 +311,4 @@ fn a_stop_request_checkpoints_after_the_current_step() {
     assert_eq!(ck.state.step, 4);
     assert_eq!(ck.params.len(), ck.adam_m.len());
     assert_eq!(ck.params.len(), ck.adam_v.len());
-    std::fs::remove_dir_all(&root).ok();
 }

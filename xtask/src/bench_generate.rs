@@ -18,14 +18,16 @@ use engine::midi::Score;
 use engine::models::{LoadOptions, Model, ModelConfig, Precision};
 use engine::tokenizer::Tokenizer;
 
+use crate::train::Preset;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// A model directory; without it, random weights of --preset's shape.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Shape to time without --model: small or seed.
-    #[arg(long, default_value = "small")]
-    preset: String,
+    /// Shape to time without --model: small or seed (or tiny).
+    #[arg(long, value_enum, default_value_t = Preset::Small)]
+    preset: Preset,
     /// The prime (default: the bundled 4/4 example).
     #[arg(long)]
     prime: Option<PathBuf>,
@@ -184,17 +186,11 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn random_model(preset: &str, precision: Precision) -> Result<Model> {
-    let config = match preset {
-        "small" => ModelConfig::small(),
-        "seed" => ModelConfig::seed(),
-        "tiny" => ModelConfig::tiny(),
-        other => anyhow::bail!("unknown preset `{other}` (small, seed, tiny)"),
-    };
+fn random_model(preset: &Preset, precision: Precision) -> Result<Model> {
     let config = ModelConfig {
         adapter: None,
         discriminator: None,
-        ..config
+        ..preset.config()
     };
     let model = Model::random(config, Tokenizer::reference(), &Device::Cpu)?;
     if precision == Precision::Q8 {

@@ -41,8 +41,8 @@ pub struct DecoderArgs {
     #[arg(long, required = true)]
     data: Vec<PathBuf>,
     /// Model shape: tiny (tests), small (the embedded default), seed (12 × 768).
-    #[arg(long, default_value = "small", value_parser = ["tiny", "small", "seed"])]
-    preset: String,
+    #[arg(long, value_enum, default_value_t = Preset::Small)]
+    preset: Preset,
     /// The run folder (checkpoint, metrics, id cache, run.json).
     #[arg(long)]
     out: PathBuf,
@@ -81,8 +81,8 @@ pub struct DecoderArgs {
     /// Turn off random transposition of training windows.
     #[arg(long)]
     no_transpose: bool,
-    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda", "metal"])]
-    device: String,
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    device: DeviceKind,
     /// Continue the run in --out from its checkpoint, with its saved settings.
     #[arg(long)]
     resume: bool,
@@ -110,35 +110,82 @@ pub fn run(command: Command) -> Result<()> {
     }
 }
 
-fn preset(name: &str) -> (ModelConfig, usize, usize, f64) {
-    match name {
-        "tiny" => (ModelConfig::tiny(), 64, 4, 1e-3),
-        "seed" => (ModelConfig::seed(), 1024, 8, 3e-4),
-        _ => (ModelConfig::small(), 512, 8, 1e-3),
+/// A model shape by name (`--preset`), shared by `train decoder` and `bench generate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// For tests: trains in seconds.
+    Tiny,
+    /// The embedded default model's shape.
+    Small,
+    /// 12 × 768.
+    Seed,
+}
+
+impl Preset {
+    /// The model's shape.
+    pub fn config(self) -> ModelConfig {
+        match self {
+            Self::Tiny => ModelConfig::tiny(),
+            Self::Small => ModelConfig::small(),
+            Self::Seed => ModelConfig::seed(),
+        }
+    }
+
+    /// The name on the command line (and in `run.json`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tiny => "tiny",
+            Self::Small => "small",
+            Self::Seed => "seed",
+        }
     }
 }
 
-fn device(name: &str) -> Result<Device> {
-    Ok(match name {
-        "cuda" => {
+impl std::fmt::Display for Preset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The preset's model with its default window length, batch size and learning rate.
+fn preset(preset: Preset) -> (ModelConfig, usize, usize, f64) {
+    let (seq, batch, lr) = match preset {
+        Preset::Tiny => (64, 4, 1e-3),
+        Preset::Small => (512, 8, 1e-3),
+        Preset::Seed => (1024, 8, 3e-4),
+    };
+    (preset.config(), seq, batch, lr)
+}
+
+/// Where to train (`--device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DeviceKind {
+    Cpu,
+    Cuda,
+    Metal,
+}
+
+fn device(kind: DeviceKind) -> Result<Device> {
+    Ok(match kind {
+        DeviceKind::Cuda => {
             Device::new_cuda(0).context("--device cuda (build xtask with --features cuda)")?
         }
-        "metal" => {
+        DeviceKind::Metal => {
             Device::new_metal(0).context("--device metal (build xtask with --features metal)")?
         }
-        _ => Device::Cpu,
+        DeviceKind::Cpu => Device::Cpu,
     })
 }
 
 fn new_config(args: &DecoderArgs) -> TrainConfig {
-    let (mut model, seq, batch, lr) = preset(&args.preset);
+    let (mut model, seq, batch, lr) = preset(args.preset);
     let seq = args.seq.unwrap_or(seq);
     model.max_seq_len = seq;
     model.adapter = None;
     model.discriminator = None;
     let steps = args.steps.unwrap_or(20_000);
     TrainConfig {
-        preset: args.preset.clone(),
+        preset: args.preset.to_string(),
         model,
         data: args.data.clone(),
         seq,
@@ -190,7 +237,7 @@ fn decoder(args: DecoderArgs) -> Result<()> {
         }
         new_config(&args)
     };
-    let dev = device(&args.device)?;
+    let dev = device(args.device)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create the run folder", args.out.display()))?;
 

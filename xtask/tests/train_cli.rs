@@ -1,7 +1,7 @@
 //! The `train` command line end to end on tiny data: a clear error for a folder without MIDI,
 //! train → Ctrl-C → `--resume` → `plot` → `train export` → `score` on the exported directory.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 const MIDI: &str = concat!(
@@ -21,11 +21,12 @@ fn xtask(args: &[&str]) -> Output {
         .expect("xtask runs")
 }
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("continuator-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh, empty temporary folder for one test, removed when dropped (also on panic).
+fn temp(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("continuator-cli-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn text(o: &Output) -> String {
@@ -42,7 +43,8 @@ fn s(p: &Path) -> &str {
 
 #[test]
 fn a_folder_without_midi_is_a_one_line_error() {
-    let root = temp("nomidi");
+    let tmp = temp("nomidi");
+    let root = tmp.path();
     let empty = root.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     let out = root.join("run");
@@ -59,12 +61,12 @@ fn a_folder_without_midi_is_a_one_line_error() {
     assert!(!o.status.success());
     let t = text(&o);
     assert!(t.contains("no MIDI files") && t.contains(s(&empty)), "{t}");
-    std::fs::remove_dir_all(&root).ok();
 }
 
 #[test]
 fn train_resume_plot_export_score() {
-    let root = temp("train");
+    let tmp = temp("train");
+    let root = tmp.path();
     let run = root.join("run");
     let base = [
         "train",
@@ -132,13 +134,13 @@ fn train_resume_plot_export_score() {
     let o = xtask(&["score", "--model", s(&model), EXAMPLE]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("nats/token"));
-    std::fs::remove_dir_all(&root).ok();
 }
 
 #[cfg(unix)]
 #[test]
 fn ctrl_c_writes_a_checkpoint_and_exits_cleanly() {
-    let root = temp("ctrlc");
+    let tmp = temp("ctrlc");
+    let root = tmp.path();
     let run = root.join("run");
     let child = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args([
@@ -182,5 +184,4 @@ fn ctrl_c_writes_a_checkpoint_and_exits_cleanly() {
         text(&o)
     );
     assert!(run.join("checkpoint.safetensors").exists());
-    std::fs::remove_dir_all(&root).ok();
 }

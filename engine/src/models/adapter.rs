@@ -17,13 +17,14 @@
 //! and, for differing widths, `proj_in` / `proj_out` (no biases).
 
 use candle_core::quantized::GgmlDType;
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 use super::blocks::{default_attn_dim_head, default_ff_mult};
-use super::blocks::{AttentionLayers, Linear, Path, StackConfig};
+use super::blocks::{AttentionLayers, Kernels, Linear, StackConfig};
 use super::decoder::{validate_shape, Decoder};
+use super::error::ConfigError;
 use super::kv_cache::KvCache;
 
 fn default_depth() -> usize {
@@ -95,7 +96,7 @@ impl AdapterConfig {
         self.rotary_emb_dim.unwrap_or(self.attn_dim_head / 2)
     }
 
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
         validate_shape(
             "adapter",
             self.dim,
@@ -225,10 +226,10 @@ impl Adapter {
         &self,
         hidden: &Tensor,
         cache: Option<&mut KvCache>,
-        path: Path,
+        kernels: Kernels,
     ) -> Result<Tensor> {
         let x = match &self.proj {
-            Some((proj_in, _)) => proj_in.forward(hidden)?,
+            Some((proj_in, _)) => proj_in.forward(hidden, kernels)?,
             None => hidden.clone(),
         };
         let z = match cache {
@@ -242,26 +243,26 @@ impl Adapter {
                 }
                 let offset = c.len();
                 self.layers
-                    .forward(&x, None, None, offset, Some(c.layers_mut()), path)?
+                    .forward(&x, None, None, offset, Some(c.layers_mut()), kernels)?
             }
-            None => self.layers.forward(&x, None, None, 0, None, path)?,
+            None => self.layers.forward(&x, None, None, 0, None, kernels)?,
         };
         let z = match &self.proj {
-            Some((_, proj_out)) => (hidden + proj_out.forward(&z)?)?,
+            Some((_, proj_out)) => (hidden + proj_out.forward(&z, kernels)?)?,
             None => z,
         };
-        let z = self.layers.final_norm().forward(&z, path)?;
-        self.to_logits.forward(&z)
+        let z = self.layers.final_norm().forward(&z, kernels)?;
+        self.to_logits.forward(&z, kernels)
     }
 
     /// Inference forward (fused kernels).
     pub fn forward(&self, hidden: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        self.forward_with(hidden, cache, Path::Fused)
+        self.forward_with(hidden, cache, Kernels::Inference)
     }
 
     /// Training forward (differentiable, no cache).
     pub fn forward_train(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.forward_with(hidden, None, Path::Plain)
+        self.forward_with(hidden, None, Kernels::Training)
     }
 
     /// An 8-bit (Q8_0) copy for fast CPU inference.

@@ -6,29 +6,36 @@
 //! feed-forward layer (`'f'`). Entry `j` of that list is `[norms, branch, residual]`, so its
 //! pre-norm gain is `layers.{j}.0.0.gamma` and its weights live under `layers.{j}.1`.
 //!
-//! Every block has two forward paths. The *fused* path uses candle's fast kernels (`rope_i`,
-//! `layer_norm`, `softmax_last_dim`) and is for inference only: those kernels silently return
-//! no gradient (see `shared/notes/candle-cpu-training.md`). The *plain* path is what every
-//! training loop must use: on the CPU in f32/f64 it runs the custom ops of [`super::fused`], which
-//! carry their own backward, and elsewhere the same layers built from ordinary tensor ops that
-//! candle can differentiate (`*_plain` below, also the fused ops' reference in tests).
+//! Every block runs one of two sets of kernels, chosen once per forward call ([`Kernels`]) and
+//! passed down to every layer. [`Kernels::Inference`] uses candle's fast kernels (`rope_i`,
+//! `layer_norm`, `softmax_last_dim`), the one-query decoding attention and the small-batch
+//! matmul: those silently return no gradient (see `docs/candle-cpu-training.md`).
+//! [`Kernels::Training`] is what every training loop must use: on the CPU in f32/f64 it runs the
+//! custom ops of [`super::training_ops`], which carry their own backward, and elsewhere the same
+//! layers built from ordinary tensor ops that candle can differentiate (`*_plain` below, also
+//! the training ops' reference in tests).
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use super::decode_attention::decode_attention;
-use super::fused;
 use super::kv_cache::LayerCache;
 use super::small_matmul::{self, SmallMatmul};
+use super::training_ops;
 
-/// Which implementation of the normalisation, rotary and softmax kernels to use.
+/// Which kernels a forward pass runs, decided once by its entry point (`forward` or
+/// `forward_train` of each network) and passed down unchanged to every layer, so that no layer
+/// guesses on its own (for instance from whether a gradient happens to be recorded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Path {
-    /// candle's fused kernels: fastest, but they produce no gradient. Inference only.
-    Fused,
-    /// Plain tensor ops with a full backward pass. Required for training.
-    Plain,
+pub enum Kernels {
+    /// The fastest kernels: candle's fused normalisation, rotary and softmax, the one-query
+    /// decoding attention and the small-batch matmul. Why inference only: candle's fused kernels
+    /// silently produce no gradient, so a loss computed through them cannot train anything.
+    Inference,
+    /// Kernels with a full backward pass: the custom training ops on the CPU (f32/f64), plain
+    /// differentiable tensor ops elsewhere. Required for training.
+    Training,
 }
 
 /// The epsilon of `torch.nn.LayerNorm`, which x-transformers' `LayerNorm` wraps.
@@ -122,11 +129,13 @@ fn small_batch(x: &Tensor, weight: &Tensor) -> bool {
         && !weight.is_variable()
 }
 
-impl Module for Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Linear {
+    /// `x · weightᵀ + bias`. With [`Kernels::Training`] a dense weight takes
+    /// [`training_ops::linear`] where it runs: a single autograd node with a fast bias gradient.
+    pub(crate) fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
         let (y, bias) = match self {
-            Self::Plain { weight, bias } if trains(x, weight) => {
-                return fused::linear(x, weight, bias.as_ref());
+            Self::Plain { weight, bias } if trains(x, weight, kernels) => {
+                return training_ops::linear(x, weight, bias.as_ref());
             }
             Self::Plain { weight, bias } => (plain_matmul(x, weight)?, bias),
             Self::Quantized { weight, bias } => {
@@ -142,10 +151,10 @@ impl Module for Linear {
     }
 }
 
-/// Whether a product with a dense weight is part of training (a gradient is being recorded)
-/// and can take [`fused::linear`], a single autograd node with a fast bias gradient.
-fn trains(x: &Tensor, weight: &Tensor) -> bool {
-    (x.track_op() || weight.track_op()) && fused::supports(x) && weight.dtype() == x.dtype()
+/// Whether a product with a dense weight takes the training op [`training_ops::linear`]: training
+/// kernels, and an input and weight that op runs on.
+fn trains(x: &Tensor, weight: &Tensor, kernels: Kernels) -> bool {
+    kernels == Kernels::Training && training_ops::supports(x) && weight.dtype() == x.dtype()
 }
 
 /// `x · weightᵀ` for a dense weight, without bias.
@@ -191,23 +200,23 @@ impl LayerNorm {
         &self.gamma
     }
 
-    pub(crate) fn forward(&self, x: &Tensor, path: Path) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
         let dtype = x.dtype();
-        if path == Path::Fused && dtype == DType::F32 {
+        if kernels == Kernels::Inference && dtype == DType::F32 {
             let x = x.contiguous()?;
             // The gain is recomputed each call (a few hundred elements) rather than cached, so
             // that it follows `gamma` when an optimiser updates the variable in place.
             let gain = (&self.gamma + 1.0)?;
             return candle_nn::ops::layer_norm(&x, &gain, &self.zero_bias, LN_EPS as f32);
         }
-        if fused::supports(x) && self.gamma.dtype() == dtype {
-            return fused::layer_norm(x, &self.gamma, LN_EPS);
+        if training_ops::supports(x) && self.gamma.dtype() == dtype {
+            return training_ops::layer_norm(x, &self.gamma, LN_EPS);
         }
         layer_norm_plain(x, &self.gamma)
     }
 }
 
-/// [`LayerNorm`] from plain tensor ops (differentiable): the fallback where the fused op does
+/// [`LayerNorm`] from plain tensor ops (differentiable): the fallback where the training op does
 /// not run, and its reference in tests.
 pub(crate) fn layer_norm_plain(x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
     let dtype = x.dtype();
@@ -234,19 +243,19 @@ pub(crate) fn softmax_plain(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Attention weights: softmax over the keys of `scores + mask` (the mask is additive).
-fn softmax(scores: &Tensor, mask: Option<&Tensor>, path: Path) -> Result<Tensor> {
-    // The plain path's own op takes the mask too, so that the `(b, heads, t, t)` sum is never
+fn softmax(scores: &Tensor, mask: Option<&Tensor>, kernels: Kernels) -> Result<Tensor> {
+    // The training op takes the mask too, so that the `(b, heads, t, t)` sum is never
     // materialised and differentiated (candle would compute a gradient for the constant mask).
-    if path == Path::Plain && fused::supports(scores) {
-        return fused::softmax_last_dim(scores, mask);
+    if kernels == Kernels::Training && training_ops::supports(scores) {
+        return training_ops::softmax_last_dim(scores, mask);
     }
     let scores = match mask {
         Some(m) => scores.broadcast_add(m)?,
         None => scores.clone(),
     };
-    match path {
-        Path::Fused => candle_nn::ops::softmax_last_dim(&scores),
-        Path::Plain => softmax_plain(&scores),
+    match kernels {
+        Kernels::Inference => candle_nn::ops::softmax_last_dim(&scores),
+        Kernels::Training => softmax_plain(&scores),
     }
 }
 
@@ -318,17 +327,21 @@ pub(crate) struct RotaryTables {
 
 impl RotaryTables {
     /// Rotates `x` of shape `(b, heads, t, dim_head)`.
-    fn apply(&self, x: &Tensor, path: Path) -> Result<Tensor> {
-        match path {
-            Path::Fused => candle_nn::rotary_emb::rope_i(&x.contiguous()?, &self.cos, &self.sin),
-            Path::Plain if fused::supports(x) => fused::rotary(x, &self.cos, &self.sin),
-            Path::Plain => rotary_plain(x, &self.cos, &self.sin),
+    fn apply(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        match kernels {
+            Kernels::Inference => {
+                candle_nn::rotary_emb::rope_i(&x.contiguous()?, &self.cos, &self.sin)
+            }
+            Kernels::Training if training_ops::supports(x) => {
+                training_ops::rotary(x, &self.cos, &self.sin)
+            }
+            Kernels::Training => rotary_plain(x, &self.cos, &self.sin),
         }
     }
 }
 
 /// Interleaved rotary embedding of `x` (`(b, heads, t, dim_head)`) from plain tensor ops
-/// (differentiable): the fallback where the fused op does not run, and its reference in tests.
+/// (differentiable): the fallback where the training op does not run, and its reference in tests.
 pub(crate) fn rotary_plain(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let (b, h, t, d) = x.dims4()?;
     let half = d / 2;
@@ -467,39 +480,39 @@ impl Attention {
         mask: Option<&Tensor>,
         rotary: Option<&RotaryTables>,
         mut cache: Option<&mut LayerCache>,
-        path: Path,
+        kernels: Kernels,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let kv_src = context.unwrap_or(x);
-        if path == Path::Plain && cache.is_none() && fused::supports(x) {
+        if kernels == Kernels::Training && cache.is_none() && training_ops::supports(x) {
             // Training: everything between the projections as one node with its own backward.
             let tables = match (rotary, context) {
                 (Some(r), None) => Some((&r.cos, &r.sin)),
                 _ => None,
             };
-            let out = fused::attention(
-                &self.to_q.forward(x)?,
-                &self.to_k.forward(kv_src)?,
-                &self.to_v.forward(kv_src)?,
+            let out = training_ops::attention(
+                &self.to_q.forward(x, kernels)?,
+                &self.to_k.forward(kv_src, kernels)?,
+                &self.to_v.forward(kv_src, kernels)?,
                 self.heads,
                 tables,
                 mask,
                 self.scale,
             )?;
-            return self.to_out.forward(&out);
+            return self.to_out.forward(&out, kernels);
         }
-        let mut q = self.split_heads(&self.to_q.forward(x)?)?;
-        let mut k = self.split_heads(&self.to_k.forward(kv_src)?)?;
-        let v = self.split_heads(&self.to_v.forward(kv_src)?)?;
+        let mut q = self.split_heads(&self.to_q.forward(x, kernels)?)?;
+        let mut k = self.split_heads(&self.to_k.forward(kv_src, kernels)?)?;
+        let v = self.split_heads(&self.to_v.forward(kv_src, kernels)?)?;
         if let (Some(rot), None) = (rotary, context) {
-            q = rot.apply(&q, path)?;
-            k = rot.apply(&k, path)?;
+            q = rot.apply(&q, kernels)?;
+            k = rot.apply(&k, kernels)?;
         }
         if let Some(c) = cache.as_deref_mut() {
-            if path == Path::Fused && t == 1 && mask.is_none() && one_query_kernel(&q) {
+            if kernels == Kernels::Inference && t == 1 && mask.is_none() && one_query_kernel(&q) {
                 c.push(&k, &v)?;
                 let out = decode_attention(&q, &c.segments()?, self.scale as f32)?;
-                return self.to_out.forward(&out);
+                return self.to_out.forward(&out, kernels);
             }
         }
         let (k, v) = match cache {
@@ -508,12 +521,12 @@ impl Attention {
         };
         let q = (q * self.scale)?;
         let scores = q.matmul(&k.t()?)?;
-        let attn = softmax(&scores, mask, path)?;
+        let attn = softmax(&scores, mask, kernels)?;
         let out = attn.matmul(&v)?;
         let out = out
             .transpose(1, 2)?
             .reshape((b, t, self.heads * self.dim_head))?;
-        self.to_out.forward(&out)
+        self.to_out.forward(&out, kernels)
     }
 }
 
@@ -554,23 +567,23 @@ impl FeedForward {
         })
     }
 
-    fn forward(&self, x: &Tensor, path: Path) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
         let act = match &self.proj {
             // Training: the projection's bias and the activation in one op with one backward.
             Linear::Plain {
                 weight,
                 bias: Some(bias),
-            } if path == Path::Plain && fused::supports(x) && weight.dtype() == x.dtype() => {
-                fused::gelu_glu(&fused::linear(x, weight, None)?, bias)?
+            } if trains(x, weight, kernels) => {
+                training_ops::gelu_glu(&training_ops::linear(x, weight, None)?, bias)?
             }
-            _ => gelu_glu_plain(&self.proj.forward(x)?, self.inner)?,
+            _ => gelu_glu_plain(&self.proj.forward(x, kernels)?, self.inner)?,
         };
-        self.out.forward(&act)
+        self.out.forward(&act, kernels)
     }
 }
 
 /// `value · gelu(gate)` from the two halves of `h` (`(…, 2 · inner)`) with plain tensor ops:
-/// the inference path, the fallback where the fused op does not run, and its reference in
+/// the inference path, the fallback where the training op does not run, and its reference in
 /// tests.
 pub(crate) fn gelu_glu_plain(h: &Tensor, inner: usize) -> Result<Tensor> {
     let value = h.narrow(D::Minus1, 0, inner)?;
@@ -680,7 +693,7 @@ impl AttentionLayers {
         context: Option<(&Tensor, Option<&Tensor>)>,
         offset: usize,
         mut caches: Option<&mut [LayerCache]>,
-        path: Path,
+        kernels: Kernels,
     ) -> Result<Tensor> {
         let (_, t, _) = x.dims3()?;
         let causal = if self.cfg.causal && t > 1 {
@@ -701,18 +714,18 @@ impl AttentionLayers {
         let mut x = x.clone();
         for (i, block) in self.blocks.iter().enumerate() {
             let cache = caches.as_deref_mut().map(|c| &mut c[i]);
-            let h = block.attn_norm.forward(&x, path)?;
+            let h = block.attn_norm.forward(&x, kernels)?;
             let h = block
                 .attn
-                .forward(&h, None, mask.as_ref(), tables.as_ref(), cache, path)?;
+                .forward(&h, None, mask.as_ref(), tables.as_ref(), cache, kernels)?;
             x = (x + h)?;
             if let (Some((norm, attn)), Some((ctx, ctx_mask))) = (&block.cross, context) {
-                let h = norm.forward(&x, path)?;
-                let h = attn.forward(&h, Some(ctx), ctx_mask, None, None, path)?;
+                let h = norm.forward(&x, kernels)?;
+                let h = attn.forward(&h, Some(ctx), ctx_mask, None, None, kernels)?;
                 x = (x + h)?;
             }
-            let h = block.ff_norm.forward(&x, path)?;
-            x = (x + block.ff.forward(&h, path)?)?;
+            let h = block.ff_norm.forward(&x, kernels)?;
+            x = (x + block.ff.forward(&h, kernels)?)?;
         }
         Ok(x)
     }

@@ -25,7 +25,7 @@ const PARALLEL_WORK: usize = 64 * 1024;
 /// `(b, 1, h · d)`: heads already merged, ready for the output projection.
 ///
 /// Computed directly from the tensors' storage, so the result carries no gradient: inference
-/// only, like every `Path::Fused` kernel.
+/// only, like every `Kernels::Inference` kernel.
 pub(crate) fn decode_attention(
     q: &Tensor,
     segments: &[(Tensor, Tensor)],

@@ -20,8 +20,9 @@ use candle_nn::{Embedding, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::blocks::{
-    default_attn_dim_head, default_ff_mult, AttentionLayers, Linear, Path, StackConfig, W_INIT,
+    default_attn_dim_head, default_ff_mult, AttentionLayers, Kernels, Linear, StackConfig, W_INIT,
 };
+use super::error::ConfigError;
 use super::kv_cache::KvCache;
 
 /// The `Decoder(...)` arguments of the x-transformers model, under x-transformers' own names.
@@ -91,12 +92,12 @@ impl DecoderConfig {
     }
 
     /// Refuses option values the engine does not implement, naming the key.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
         if !self.ff_glu {
-            return Err("decoder.ff_glu must be true (the engine implements the GLU feed-forward only; x-transformers' default is false)".into());
+            return Err(ConfigError::NoGlu);
         }
         if !self.rotary_pos_emb {
-            return Err("decoder.rotary_pos_emb must be true (the engine implements rotary positions only; x-transformers' default is false)".into());
+            return Err(ConfigError::NoRotary);
         }
         validate_shape(
             "decoder",
@@ -127,23 +128,23 @@ impl DecoderConfig {
 
 /// Shared range checks for the transformer shapes of all three networks.
 pub(crate) fn validate_shape(
-    what: &str,
+    network: &'static str,
     dim: usize,
     depth: usize,
     heads: usize,
     dim_head: usize,
     ff_mult: usize,
     rot_dim: usize,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), ConfigError> {
     if dim == 0 || depth == 0 || heads == 0 || dim_head == 0 || ff_mult == 0 {
-        return Err(format!(
-            "{what}: dim, depth, heads, attn_dim_head and ff_mult must all be positive"
-        ));
+        return Err(ConfigError::EmptyShape { network });
     }
     if rot_dim == 0 || !rot_dim.is_multiple_of(2) || rot_dim > dim_head {
-        return Err(format!(
-            "{what}.rotary_emb_dim = {rot_dim}: must be even, positive and at most attn_dim_head = {dim_head}"
-        ));
+        return Err(ConfigError::RotaryDim {
+            network,
+            rot_dim,
+            dim_head,
+        });
     }
     Ok(())
 }
@@ -231,7 +232,7 @@ impl Decoder {
         &self,
         ids: &Tensor,
         cache: Option<&mut KvCache>,
-        path: Path,
+        kernels: Kernels,
     ) -> Result<Tensor> {
         let x = self.token_emb.forward(ids)?;
         match cache {
@@ -245,30 +246,30 @@ impl Decoder {
                 }
                 let offset = c.len();
                 self.layers
-                    .forward(&x, None, None, offset, Some(c.layers_mut()), path)
+                    .forward(&x, None, None, offset, Some(c.layers_mut()), kernels)
             }
-            None => self.layers.forward(&x, None, None, 0, None, path),
+            None => self.layers.forward(&x, None, None, 0, None, kernels),
         }
     }
 
     /// Logits `(b, t, num_tokens)` from a pre-final-norm hidden state.
-    pub fn logits_from_hidden(&self, hidden: &Tensor, path: Path) -> Result<Tensor> {
-        let h = self.layers.final_norm().forward(hidden, path)?;
-        self.to_logits.forward(&h)
+    pub fn logits_from_hidden(&self, hidden: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        let h = self.layers.final_norm().forward(hidden, kernels)?;
+        self.to_logits.forward(&h, kernels)
     }
 
     /// Inference forward: ids `(b, t)` (u32) → logits `(b, t, num_tokens)`. With a cache this
     /// processes `t` new positions after the cached ones (prefill with `t > 1`, then step with
     /// `t = 1`; every sequence in the batch advances together).
     pub fn forward(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let h = self.forward_hidden(ids, cache, Path::Fused)?;
-        self.logits_from_hidden(&h, Path::Fused)
+        let h = self.forward_hidden(ids, cache, Kernels::Inference)?;
+        self.logits_from_hidden(&h, Kernels::Inference)
     }
 
     /// Training forward (differentiable, no cache): ids `(b, t)` → logits `(b, t, num_tokens)`.
     pub fn forward_train(&self, ids: &Tensor) -> Result<Tensor> {
-        let h = self.forward_hidden(ids, None, Path::Plain)?;
-        self.logits_from_hidden(&h, Path::Plain)
+        let h = self.forward_hidden(ids, None, Kernels::Training)?;
+        self.logits_from_hidden(&h, Kernels::Training)
     }
 
     /// An 8-bit (Q8_0) copy for fast CPU inference: every projection is quantized; the

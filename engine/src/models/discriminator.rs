@@ -23,9 +23,10 @@ use serde::{Deserialize, Serialize};
 
 use super::blocks::{
     default_attn_dim_head, default_ff_mult, key_padding_mask, softmax_plain, AttentionLayers,
-    Linear, Path, StackConfig, W_INIT,
+    Kernels, Linear, StackConfig, W_INIT,
 };
 use super::decoder::validate_shape;
+use super::error::ConfigError;
 
 fn d_depth() -> usize {
     6
@@ -122,7 +123,7 @@ impl DiscriminatorConfig {
         self.rotary_emb_dim.unwrap_or(self.attn_dim_head / 2)
     }
 
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
         validate_shape(
             "discriminator",
             self.dim,
@@ -133,7 +134,7 @@ impl DiscriminatorConfig {
             self.rot_dim(),
         )?;
         if self.prime_depth == 0 || self.order_depth == 0 {
-            return Err("discriminator: prime_depth and order_depth must be positive".into());
+            return Err(ConfigError::DiscriminatorDepth);
         }
         Ok(())
     }
@@ -363,9 +364,13 @@ impl Discriminator {
         DiscriminatorBatch::new(primes, continuations, &self.cfg, device)
     }
 
-    /// Scores a batch. `path` is [`Path::Plain`] when training (the fused kernels have no
-    /// gradient), [`Path::Fused`] for evaluation only.
-    pub fn forward(&self, batch: &DiscriminatorBatch, path: Path) -> Result<DiscriminatorOutput> {
+    /// Scores a batch. `kernels` is [`Kernels::Training`] when training (candle's fused
+    /// kernels have no gradient), [`Kernels::Inference`] for evaluation only.
+    pub fn forward(
+        &self,
+        batch: &DiscriminatorBatch,
+        kernels: Kernels,
+    ) -> Result<DiscriminatorOutput> {
         let emb_dtype = self.token_emb.embeddings().dtype();
         let pm = key_padding_mask(&batch.prime_mask, emb_dtype)?;
         let cm = key_padding_mask(&batch.continuation_mask, emb_dtype)?;
@@ -373,46 +378,52 @@ impl Discriminator {
         let p = self.token_emb.forward(&batch.prime)?;
         let ctx = self
             .prime_encoder
-            .forward(&p, Some(&pm), None, 0, None, path)?;
-        let ctx = self.prime_encoder.final_norm().forward(&ctx, path)?;
+            .forward(&p, Some(&pm), None, 0, None, kernels)?;
+        let ctx = self.prime_encoder.final_norm().forward(&ctx, kernels)?;
 
         let x = self.token_emb.forward(&batch.continuation)?;
         let h = self
             .encoder
-            .forward(&x, Some(&cm), Some((&ctx, Some(&pm))), 0, None, path)?;
-        let h = self.encoder.final_norm().forward(&h, path)?;
+            .forward(&x, Some(&cm), Some((&ctx, Some(&pm))), 0, None, kernels)?;
+        let h = self.encoder.final_norm().forward(&h, kernels)?;
 
         // Token head: masked mean of the token states.
         let cmask = batch.continuation_mask.to_dtype(emb_dtype)?;
         let pooled = masked_mean(&h, &cmask)?;
-        let token_score = self.token_head.forward(&pooled)?.squeeze(D::Minus1)?;
+        let token_score = self
+            .token_head
+            .forward(&pooled, kernels)?
+            .squeeze(D::Minus1)?;
 
         // Bar head: attention weights within each bar (additive mask keeps other bars' and
         // padding tokens out), weighted sums of token states, one score per bar.
         let (b, t, _) = h.dims3()?;
-        let s = self.bar_attn.forward(&h)?.reshape((b, 1, t))?;
+        let s = self.bar_attn.forward(&h, kernels)?.reshape((b, 1, t))?;
         let member = batch.bar_membership.to_dtype(emb_dtype)?;
         let outside = ((&member - 1.0)? * 1e9)?;
         let w = softmax_plain(&s.broadcast_add(&outside)?)?;
         let w = (w * &member)?; // empty (padding) bars get all-zero weights rather than uniform
         let bar_embeddings = w.matmul(&h)?;
         let bmask = batch.bar_mask.to_dtype(emb_dtype)?;
-        let bar_scores = self.bar_head.forward(&bar_embeddings)?.squeeze(D::Minus1)?;
+        let bar_scores = self
+            .bar_head
+            .forward(&bar_embeddings, kernels)?
+            .squeeze(D::Minus1)?;
         let bar_score = ((&bar_scores * &bmask)?.sum(D::Minus1)? / bmask.sum(D::Minus1)?)?;
 
         // Bar order head: bar embeddings through a small bidirectional transformer.
         let om = key_padding_mask(&batch.bar_mask, emb_dtype)?;
         let o = self
             .order_encoder
-            .forward(&bar_embeddings, Some(&om), None, 0, None, path)?;
-        let o = self.order_encoder.final_norm().forward(&o, path)?;
+            .forward(&bar_embeddings, Some(&om), None, 0, None, kernels)?;
+        let o = self.order_encoder.final_norm().forward(&o, kernels)?;
         let order_score = self
             .order_head
-            .forward(&masked_mean(&o, &bmask)?)?
+            .forward(&masked_mean(&o, &bmask)?, kernels)?
             .squeeze(D::Minus1)?;
 
         let scores = Tensor::stack(&[&token_score, &bar_score, &order_score], D::Minus1)?;
-        let logit = self.fuse.forward(&scores)?.squeeze(D::Minus1)?;
+        let logit = self.fuse.forward(&scores, kernels)?.squeeze(D::Minus1)?;
         Ok(DiscriminatorOutput {
             logit,
             token_score,

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 /// What went wrong loading or running a model.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A file could not be read at all.
-    #[error("{file}: cannot read: {source}")]
+    /// A file could not be read at all. The I/O error is part of the message and deliberately
+    /// not a `source`: callers that print the error chain (anyhow's `{:#}`) would show it twice.
+    #[error("{file}: cannot read: {error}")]
     Io {
         file: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not a well-formed safetensors file (truncated, wrong format, bad header).
     #[error("{file}: not a valid safetensors file: {reason}")]
@@ -62,6 +62,34 @@ pub enum Error {
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+/// A config value the engine does not implement: what the `validate` of [`super::ModelConfig`],
+/// [`super::DecoderConfig`], [`super::AdapterConfig`] and [`super::DiscriminatorConfig`]
+/// refuse. Each message names the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("num_tokens must be positive")]
+    NoTokens,
+    #[error("max_seq_len = {0} is too short (at least 2)")]
+    MaxSeqLenTooShort(usize),
+    #[error("decoder.ff_glu must be true (the engine implements the GLU feed-forward only; x-transformers' default is false)")]
+    NoGlu,
+    #[error("decoder.rotary_pos_emb must be true (the engine implements rotary positions only; x-transformers' default is false)")]
+    NoRotary,
+    /// `network` is `decoder`, `adapter` or `discriminator`.
+    #[error("{network}: dim, depth, heads, attn_dim_head and ff_mult must all be positive")]
+    EmptyShape { network: &'static str },
+    #[error("{network}.rotary_emb_dim = {rot_dim}: must be even, positive and at most attn_dim_head = {dim_head}")]
+    RotaryDim {
+        network: &'static str,
+        rot_dim: usize,
+        dim_head: usize,
+    },
+    #[error("discriminator: prime_depth and order_depth must be positive")]
+    DiscriminatorDepth,
+    #[error("discriminator.bar_token_id / pad_token_id must be below num_tokens = {num_tokens}")]
+    SpecialTokenOutOfRange { num_tokens: usize },
 }
 
 /// Result of model loading and scoring.

@@ -6,9 +6,9 @@
 //! attention, GLU feed-forward, the pre-norm stack) and [`kv_cache`]. A model on disk is a
 //! directory ([`model_dir`], documented in `docs/model-format.md`).
 //!
-//! Two forward paths exist everywhere: inference (`forward`, candle's fused kernels, KV cache,
-//! optional f16/bf16 or 8-bit weights) and training (`forward_train` / [`Path::Plain`]),
-//! because candle's fused kernels silently produce no gradient.
+//! Two sets of kernels exist everywhere ([`Kernels`]): inference (`forward`, candle's fused
+//! kernels, KV cache, optional f16/bf16 or 8-bit weights) and training (`forward_train` /
+//! [`Kernels::Training`]), because candle's fused kernels silently produce no gradient.
 //!
 //! Typical generation use:
 //! ```no_run
@@ -30,19 +30,19 @@ mod decode_attention;
 pub mod decoder;
 pub mod discriminator;
 mod error;
-mod fused;
 pub mod kv_cache;
 pub mod model_dir;
 pub mod score;
 mod small_matmul;
+mod training_ops;
 
 pub use adapter::{Adapter, AdapterConfig};
-pub use blocks::Path;
+pub use blocks::Kernels;
 pub use decoder::{Decoder, DecoderConfig};
 pub use discriminator::{
     Discriminator, DiscriminatorBatch, DiscriminatorConfig, DiscriminatorOutput,
 };
-pub use error::{Error, Result};
+pub use error::{ConfigError, Error, Result};
 pub use kv_cache::KvCache;
 pub use model_dir::{LoadOptions, Model, ModelCache, ModelConfig, ModelFiles, Precision};
 pub use score::{mean_nll, NllScore};

@@ -38,8 +38,8 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Adapter, AdapterConfig, Decoder, DecoderConfig, Discriminator, DiscriminatorConfig, Error,
-    KvCache, Result,
+    Adapter, AdapterConfig, ConfigError, Decoder, DecoderConfig, Discriminator,
+    DiscriminatorConfig, Error, KvCache, Result,
 };
 use crate::tokenizer::Tokenizer;
 
@@ -106,18 +106,18 @@ impl ModelConfig {
             file: file.to_path_buf(),
             reason: e.to_string(),
         })?;
-        cfg.validate().map_err(|reason| Error::Config {
+        cfg.validate().map_err(|e| Error::Config {
             file: file.to_path_buf(),
-            reason,
+            reason: e.to_string(),
         })?;
         Ok(cfg)
     }
 
     /// Reads and validates a `config.json`.
     pub fn from_file(file: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(file).map_err(|source| Error::Io {
+        let text = std::fs::read_to_string(file).map_err(|error| Error::Io {
             file: file.to_path_buf(),
-            source,
+            error,
         })?;
         Self::from_json(&text, file)
     }
@@ -125,22 +125,19 @@ impl ModelConfig {
     /// Writes `config.json` (pretty-printed).
     pub fn save(&self, file: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self).expect("a config always serialises");
-        std::fs::write(file, text + "\n").map_err(|source| Error::Io {
+        std::fs::write(file, text + "\n").map_err(|error| Error::Io {
             file: file.to_path_buf(),
-            source,
+            error,
         })
     }
 
     /// Refuses values the engine does not implement.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
         if self.num_tokens == 0 {
-            return Err("num_tokens must be positive".into());
+            return Err(ConfigError::NoTokens);
         }
         if self.max_seq_len < 2 {
-            return Err(format!(
-                "max_seq_len = {} is too short (at least 2)",
-                self.max_seq_len
-            ));
+            return Err(ConfigError::MaxSeqLenTooShort(self.max_seq_len));
         }
         self.decoder.validate()?;
         if let Some(a) = &self.adapter {
@@ -151,10 +148,9 @@ impl ModelConfig {
             if d.bar_token_id as usize >= self.num_tokens
                 || d.pad_token_id as usize >= self.num_tokens
             {
-                return Err(format!(
-                    "discriminator.bar_token_id / pad_token_id must be below num_tokens = {}",
-                    self.num_tokens
-                ));
+                return Err(ConfigError::SpecialTokenOutOfRange {
+                    num_tokens: self.num_tokens,
+                });
             }
         }
         Ok(())
@@ -283,7 +279,7 @@ impl Model {
         let dir = dir.as_ref().to_path_buf();
         let read = |name: &str| {
             let file = dir.join(name);
-            std::fs::read(&file).map_err(|source| Error::Io { file, source })
+            std::fs::read(&file).map_err(|error| Error::Io { file, error })
         };
         let text = |name: &str| {
             let bytes = read(name)?;
@@ -430,7 +426,7 @@ impl Model {
                 let h = self.decoder.forward_hidden(
                     ids,
                     Some(&mut cache.decoder),
-                    super::Path::Fused,
+                    super::Kernels::Inference,
                 )?;
                 adapter.forward(&h, Some(acache))
             }
@@ -445,7 +441,9 @@ impl Model {
     pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         match &self.adapter {
             Some(a) => a.forward(
-                &self.decoder.forward_hidden(ids, None, super::Path::Fused)?,
+                &self
+                    .decoder
+                    .forward_hidden(ids, None, super::Kernels::Inference)?,
                 None,
             ),
             None => self.decoder.forward(ids, None),
@@ -523,9 +521,9 @@ pub fn load_checked(
     dtype: DType,
     device: &Device,
 ) -> Result<HashMap<String, Tensor>> {
-    let bytes = std::fs::read(file).map_err(|source| Error::Io {
+    let bytes = std::fs::read(file).map_err(|error| Error::Io {
         file: file.to_path_buf(),
-        source,
+        error,
     })?;
     check_tensors(file, &bytes, specs, dtype, device)
 }
@@ -612,9 +610,9 @@ pub fn check_tensors(
 /// Writes tensors as a safetensors file (f32 unless they already have another float dtype).
 pub fn save_safetensors(file: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
     candle_core::safetensors::save(tensors, file).map_err(|e| match e {
-        candle_core::Error::Io(source) => Error::Io {
+        candle_core::Error::Io(error) => Error::Io {
             file: file.to_path_buf(),
-            source,
+            error,
         },
         other => Error::Candle(other),
     })

@@ -8,7 +8,7 @@
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
-use super::{Adapter, Decoder, Path};
+use super::{Adapter, Decoder, Kernels};
 
 /// Result of [`mean_nll`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -54,7 +54,10 @@ pub fn mean_nll(
         let end = (start + context).min(n);
         let window = Tensor::from_slice(&seq[start..end], (1, end - start), device)?;
         let logits = match adapter {
-            Some(a) => a.forward(&decoder.forward_hidden(&window, None, Path::Fused)?, None)?,
+            Some(a) => a.forward(
+                &decoder.forward_hidden(&window, None, Kernels::Inference)?,
+                None,
+            )?,
             None => decoder.forward(&window, None)?,
         };
         let logp =

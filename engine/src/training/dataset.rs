@@ -14,8 +14,6 @@
 //! *relative to its data folder* falls in the validation fraction, so moving the corpus or
 //! adding files does not reshuffle the files already there.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -25,6 +23,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{Error, Result};
+use crate::hash::stable_hash;
 use crate::midi::Score;
 use crate::tokenizer::{Token, TokenKind, Tokenizer};
 
@@ -136,21 +135,10 @@ pub fn midi_files(dirs: &[PathBuf]) -> Result<Vec<(PathBuf, String)>> {
     Ok(out)
 }
 
-fn stable_hash(text: &str) -> u64 {
-    // FNV-1a: stable across Rust versions and platforms, unlike `DefaultHasher`.
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
-}
-
 fn fingerprint(files: &[(PathBuf, String)], tok: &Tokenizer) -> String {
-    let mut h = DefaultHasher::new();
-    CACHE_VERSION.hash(&mut h);
+    let mut vocab = format!("{CACHE_VERSION}\n");
     for t in tok.vocab() {
-        t.to_string().hash(&mut h);
+        vocab.push_str(&format!("{t}\n"));
     }
     let mut text = String::new();
     for (path, name) in files {
@@ -162,7 +150,7 @@ fn fingerprint(files: &[(PathBuf, String)], tok: &Tokenizer) -> String {
             .map_or(0, |d| d.as_nanos());
         text.push_str(&format!("{}\t{name}\t{size}\t{mtime}\n", path.display()));
     }
-    format!("{:016x}{:016x}", h.finish(), stable_hash(&text))
+    format!("{:016x}{:016x}", stable_hash(&vocab), stable_hash(&text))
 }
 
 impl Corpus {
@@ -514,14 +502,8 @@ fn tokenize_all(
     Ok(index)
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so a crash never leaves a
-/// half-written file under the real name.
+/// Writes `bytes` to `path` durably, through a temporary file and a rename, so a crash never
+/// leaves a half-written file under the real name ([`crate::fs::write_atomically`]).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(Error::io(&tmp))?;
-    f.write_all(bytes).map_err(Error::io(&tmp))?;
-    f.sync_all().map_err(Error::io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(Error::io(path))
+    crate::fs::write_atomically(path, bytes).map_err(Error::io(path))
 }

@@ -20,6 +20,13 @@ pub enum Error {
     Format { path: PathBuf, reason: String },
     #[error("invalid training setting: {0}")]
     Config(String),
+    /// The loss stopped being a finite number: the run diverged.
+    #[error("the loss became {loss} at step {step}; lower --lr")]
+    Diverged { step: u64, loss: f64 },
+    /// A trainable variable got no gradient from the backward pass: it was computed with
+    /// kernels that have no backward (see `docs/candle-cpu-training.md`).
+    #[error("`{name}` got no gradient (computed with inference kernels?)")]
+    MissingGradient { name: String },
     #[error(transparent)]
     Model(#[from] crate::models::Error),
     #[error(transparent)]

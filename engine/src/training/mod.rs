@@ -12,8 +12,8 @@
 //! - [`bench`]: training throughput on synthetic data.
 //! - [`export`]: a checkpoint → a model directory that [`crate::models::Model::load`] reads.
 //!
-//! Training only ever uses the decoder's differentiable path ([`crate::models::Path::Plain`]):
-//! candle's fused kernels silently produce no gradient.
+//! Training only ever uses the decoder's differentiable kernels
+//! ([`crate::models::Kernels::Training`]): candle's fused kernels silently produce no gradient.
 
 pub mod bench;
 pub mod bigram;

@@ -25,6 +25,7 @@ use super::checkpoint::{self, State, CHECKPOINT_FILE};
 use super::optim::{AdamW, AdamWConfig};
 use super::schedule::Schedule;
 use super::{Corpus, Error, Result};
+use crate::hash::stable_hash;
 use crate::models::{Decoder, ModelConfig};
 
 /// File names inside a run folder.
@@ -80,7 +81,9 @@ impl TrainConfig {
         if self.val_every == 0 || self.checkpoint_every == 0 {
             return bad("val_every and checkpoint_every must be at least 1");
         }
-        self.model.validate().map_err(Error::Config)
+        self.model
+            .validate()
+            .map_err(|e| Error::Config(e.to_string()))
     }
 
     /// Reads `run.json` from a run folder.
@@ -164,7 +167,7 @@ fn seeded_init(vars: &[(String, Var)], seed: u64) -> Result<()> {
         if var.rank() < 2 {
             continue;
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ fnv(name));
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ stable_hash(name));
         let n = var.elem_count();
         let mut values = Vec::with_capacity(n);
         while values.len() < n {
@@ -181,12 +184,6 @@ fn seeded_init(vars: &[(String, Var)], seed: u64) -> Result<()> {
         var.set(&t)?;
     }
     Ok(())
-}
-
-fn fnv(text: &str) -> u64 {
-    text.bytes().fold(0xcbf29ce484222325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-    })
 }
 
 /// Mean next-token NLL over non-padding targets of `windows` (`b` rows of `seq + 1` ids),
@@ -393,7 +390,7 @@ impl Trainer {
         let (mut loss_sum, mut tokens) = (0f64, 0u64);
         for micro in 0..self.cfg.accum {
             let mut rng = ChaCha8Rng::seed_from_u64(
-                self.cfg.seed ^ fnv(&format!("step {step} micro {micro}")),
+                self.cfg.seed ^ stable_hash(format!("step {step} micro {micro}")),
             );
             let windows = self.corpus.sample_batch(
                 &mut rng,
@@ -406,9 +403,9 @@ impl Trainer {
             loss_sum += loss.to_scalar::<f32>()? as f64;
             tokens += count;
             for (i, (name, var)) in self.opt.params.iter().enumerate() {
-                let g = grads.get(var.as_tensor()).ok_or_else(|| {
-                    Error::Config(format!("`{name}` got no gradient (a fused kernel?)"))
-                })?;
+                let g = grads
+                    .get(var.as_tensor())
+                    .ok_or_else(|| Error::MissingGradient { name: name.clone() })?;
                 sums[i] = Some(match sums[i].take() {
                     Some(s) => (s + g)?,
                     None => g.clone(),
@@ -423,9 +420,7 @@ impl Trainer {
         let grad_norm = self.opt.step(&grads, lr, self.cfg.clip)?;
         let loss = loss_sum * scale;
         if !loss.is_finite() {
-            return Err(Error::Config(format!(
-                "the loss became {loss} at step {step}; lower --lr"
-            )));
+            return Err(Error::Diverged { step, loss });
         }
         let seconds = started.elapsed().as_secs_f64();
         self.state.step += 1;
