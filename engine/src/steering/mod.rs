@@ -33,7 +33,7 @@ use crate::tokenizer::{Token, TokenId, Tokenizer};
 
 /// The faithfulness `continue`, `eval` and the plugin start from (see the README's steering
 /// table for the measurement behind it).
-pub const DEFAULT_FAITHFULNESS: f32 = 0.0;
+pub const DEFAULT_FAITHFULNESS: f32 = 0.25;
 
 /// Most notes a density target may ask for in a bar (generation's own ceiling).
 pub const MAX_DENSITY: u32 = crate::generation::MAX_NOTES_PER_BAR as u32;
