@@ -573,6 +573,9 @@ impl<'m> Generator<'m> {
         settings.validate()?;
         let started = Instant::now();
         let tok = &self.model.tokenizer;
+        // Steering that cannot be met (a key with no pitch in the range) fails before any work.
+        let plan =
+            Plan::new(&settings.steering, tok, prime.key).map_err(GenerationError::Settings)?;
         let device = self.model.decoder.device().clone();
         let k = settings.variations;
         let context = self.context();
@@ -612,8 +615,6 @@ impl<'m> Generator<'m> {
                 done: false,
             })
             .collect();
-        let plan =
-            Plan::new(&settings.steering, tok, prime.key).map_err(GenerationError::Settings)?;
         let faithfulness = plan.faithfulness();
         let tilt = plan.pitch_class_tilt(&prime.memory, settings.temperature);
         let mut shaped = vec![0.0f32; tok.vocab_size()];
