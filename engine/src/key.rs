@@ -123,35 +123,41 @@ impl FromStr for Key {
     /// `C`, `Am`, `F#m`, `Eb`, `Bbm`; also `C major`, `A minor` (any case for the words).
     fn from_str(text: &str) -> Result<Key, KeyNameError> {
         let bad = || KeyNameError(text.to_string());
-        let t = text.trim();
-        let mut chars = t.chars();
-        let letter = chars.next().ok_or_else(bad)?.to_ascii_uppercase();
-        let base: i32 = match letter {
-            'C' => 0,
-            'D' => 2,
-            'E' => 4,
-            'F' => 5,
-            'G' => 7,
-            'A' => 9,
-            'B' => 11,
-            _ => return Err(bad()),
-        };
-        let rest = chars.as_str();
-        let (shift, rest) = match rest.chars().next() {
-            Some('#') | Some('♯') => (1, &rest[rest.chars().next().map_or(0, char::len_utf8)..]),
-            Some('b') | Some('♭') => (-1, &rest[rest.chars().next().map_or(0, char::len_utf8)..]),
-            _ => (0, rest),
-        };
+        let (semitone, rest) = split_note_name(text.trim()).ok_or_else(bad)?;
         let minor = match rest.trim().to_ascii_lowercase().as_str() {
             "" | "maj" | "major" => false,
             "m" | "min" | "minor" => true,
             _ => return Err(bad()),
         };
         Ok(Key {
-            tonic: (base + shift).rem_euclid(12) as u8,
+            tonic: semitone.rem_euclid(12) as u8,
             minor,
         })
     }
+}
+
+/// Reads a note name's letter (any case) and accidental (`#`, `b`, `♯`, `♭`): its semitones above
+/// C, from -1 (`Cb`) to 12 (`B#`), and what follows it (an octave, a mode).
+pub(crate) fn split_note_name(text: &str) -> Option<(i32, &str)> {
+    let mut chars = text.chars();
+    let base: i32 = match chars.next()?.to_ascii_uppercase() {
+        'C' => 0,
+        'D' => 2,
+        'E' => 4,
+        'F' => 5,
+        'G' => 7,
+        'A' => 9,
+        'B' => 11,
+        _ => return None,
+    };
+    let rest = chars.as_str();
+    let mut after = rest.chars();
+    let shift = match after.next() {
+        Some('#' | '♯') => 1,
+        Some('b' | '♭') => -1,
+        _ => return Some((base, rest)),
+    };
+    Some((base + shift, after.as_str()))
 }
 
 #[cfg(test)]

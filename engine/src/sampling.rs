@@ -40,31 +40,14 @@ impl Sampler {
         rng: &mut R,
     ) -> Option<TokenId> {
         let first = allowed.ids().next()?;
-        self.scratch.clear();
-        for id in allowed.ids() {
-            let l = logits
-                .get(id as usize)
-                .copied()
-                .unwrap_or(f32::NEG_INFINITY);
-            if l.is_finite() {
-                self.scratch.push((l, id));
-            }
-        }
-        if self.scratch.is_empty() {
+        if !self.collect(logits, allowed) {
             return Some(first);
         }
         if temperature <= 0.0 {
-            let mut best = self.scratch[0];
-            for &(l, id) in &self.scratch[1..] {
-                if l > best.0 || (l == best.0 && id < best.1) {
-                    best = (l, id);
-                }
-            }
-            return Some(best.1);
+            return Some(self.scratch[self.best()].1);
         }
         // Most likely first; equal logits in id order, so a seed always gives the same draw.
-        self.scratch
-            .sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        self.sort();
         let max = self.scratch[0].0;
         let inv_t = 1.0 / temperature;
         let mut total = 0.0f32;
@@ -72,25 +55,7 @@ impl Sampler {
             entry.0 = ((entry.0 - max) * inv_t).exp();
             total += entry.0;
         }
-        // The nucleus: the shortest prefix reaching top_p of the mass (always at least one).
-        let threshold = top_p.clamp(0.0, 1.0) * total;
-        let mut kept = 0usize;
-        let mut mass = 0.0f32;
-        while kept < self.scratch.len() {
-            mass += self.scratch[kept].0;
-            kept += 1;
-            if mass >= threshold {
-                break;
-            }
-        }
-        let mut u = rng.random::<f32>() * mass;
-        for &(p, id) in &self.scratch[..kept] {
-            if u < p {
-                return Some(id);
-            }
-            u -= p;
-        }
-        Some(self.scratch[kept - 1].1)
+        Some(self.draw_nucleus(top_p.clamp(0.0, 1.0) * total, rng))
     }
 
     /// [`Sampler::sample`] with a second opinion mixed in: the model's tempered distribution
@@ -123,25 +88,11 @@ impl Sampler {
             return self.sample(logits, allowed, temperature, top_p, rng);
         }
         let weight = weight.min(1.0);
-        self.scratch.clear();
-        for id in allowed.ids() {
-            let l = logits
-                .get(id as usize)
-                .copied()
-                .unwrap_or(f32::NEG_INFINITY);
-            if l.is_finite() {
-                self.scratch.push((l, id));
-            }
-        }
+        // At least one vote is usable, so something was collected.
+        self.collect(logits, allowed);
         // The model's probabilities, in place of the logits.
         if temperature <= 0.0 {
-            let mut best = 0;
-            for (k, &(l, id)) in self.scratch.iter().enumerate() {
-                let (bl, bid) = self.scratch[best];
-                if l > bl || (l == bl && id < bid) {
-                    best = k;
-                }
-            }
+            let best = self.best();
             for (k, entry) in self.scratch.iter_mut().enumerate() {
                 entry.0 = if k == best { 1.0 } else { 0.0 };
             }
@@ -170,12 +121,50 @@ impl Sampler {
                 .sum::<f32>();
             entry.0 = (1.0 - weight) * entry.0 + weight * q;
         }
-        self.scratch
-            .sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        self.sort();
         if temperature <= 0.0 {
             return Some(self.scratch[0].1);
         }
-        let threshold = top_p.clamp(0.0, 1.0);
+        Some(self.draw_nucleus(top_p.clamp(0.0, 1.0), rng))
+    }
+
+    /// Fills the scratch with `(logit, id)` of the allowed ids whose logit is finite; false
+    /// when there is none.
+    fn collect(&mut self, logits: &[f32], allowed: &Allowed) -> bool {
+        self.scratch.clear();
+        for id in allowed.ids() {
+            let l = logits
+                .get(id as usize)
+                .copied()
+                .unwrap_or(f32::NEG_INFINITY);
+            if l.is_finite() {
+                self.scratch.push((l, id));
+            }
+        }
+        !self.scratch.is_empty()
+    }
+
+    /// Index of the highest value in the scratch, the lowest id among equals.
+    fn best(&self) -> usize {
+        let mut best = 0;
+        for (k, &(l, id)) in self.scratch.iter().enumerate() {
+            let (bl, bid) = self.scratch[best];
+            if l > bl || (l == bl && id < bid) {
+                best = k;
+            }
+        }
+        best
+    }
+
+    /// Sorts the scratch most likely first, equal values in id order.
+    fn sort(&mut self) {
+        self.scratch
+            .sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    }
+
+    /// Draws from the nucleus of the sorted scratch (weights, not necessarily normalised): the
+    /// shortest prefix whose weight reaches `threshold` (always at least one entry).
+    fn draw_nucleus<R: Rng + ?Sized>(&self, threshold: f32, rng: &mut R) -> TokenId {
         let mut kept = 0usize;
         let mut mass = 0.0f32;
         while kept < self.scratch.len() {
@@ -188,11 +177,11 @@ impl Sampler {
         let mut u = rng.random::<f32>() * mass;
         for &(p, id) in &self.scratch[..kept] {
             if u < p {
-                return Some(id);
+                return id;
             }
             u -= p;
         }
-        Some(self.scratch[kept - 1].1)
+        self.scratch[kept - 1].1
     }
 }
 

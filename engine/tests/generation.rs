@@ -1,30 +1,20 @@
 //! Continuing phrases with a random-weight tiny model: every output decodes, ends after the
 //! requested bars, starts where the prime stops, keeps its meter, and streams what it returns.
 
+mod common;
+
 use std::ops::ControlFlow;
-use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use candle_core::Device;
+use common::example;
 use engine::generation::{GenerationError, Generator, Settings, Start, StreamedNote, MAX_BARS};
 use engine::midi::Score;
-use engine::models::{Model, ModelConfig};
+use engine::models::Model;
 use engine::time::Ticks;
 use engine::tokenizer::Tokenizer;
 
 fn tiny_model() -> Model {
-    let mut config = ModelConfig::tiny();
-    config.max_seq_len = 1024;
-    Model::random(config, Tokenizer::reference(), &Device::Cpu).unwrap()
-}
-
-fn example(name: &str) -> Score {
-    Score::read_file(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../assets/examples")
-            .join(name),
-    )
-    .unwrap()
+    common::tiny_model(1024)
 }
 
 /// Checks one continuation's invariants; returns the number of notes.
@@ -518,9 +508,7 @@ fn a_prime_ending_with_a_rest_is_answered_on_the_next_bar_line_unless_asked_now(
 
 /// A tiny model whose context holds about two bars of the example, so continuations slide.
 fn short_context_model() -> Model {
-    let mut config = ModelConfig::tiny();
-    config.max_seq_len = 96;
-    Model::random(config, Tokenizer::reference(), &Device::Cpu).unwrap()
+    common::tiny_model(96)
 }
 
 #[test]

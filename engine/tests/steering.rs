@@ -2,32 +2,18 @@
 //! random models and for the default model, across variations and context slides, and
 //! impossible combinations are refused with an error that names them.
 
+mod common;
+
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use candle_core::Device;
+use common::{example, tiny_model};
 use engine::generation::{Continuation, GenerationError, Generator, Prime, Settings};
 use engine::key::Key;
 use engine::midi::{Note, Score};
-use engine::models::{LoadOptions, Model, ModelConfig, Precision};
+use engine::models::{LoadOptions, Model, Precision};
 use engine::steering::{KeyLock, PhraseMemory, PitchRange, Steering};
 use engine::time::Ticks;
-use engine::tokenizer::Tokenizer;
-
-fn tiny_model(context: usize) -> Model {
-    let mut config = ModelConfig::tiny();
-    config.max_seq_len = context;
-    Model::random(config, Tokenizer::reference(), &Device::Cpu).unwrap()
-}
-
-fn example(name: &str) -> Score {
-    Score::read_file(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../assets/examples")
-            .join(name),
-    )
-    .unwrap()
-}
 
 fn generate(generator: &Generator<'_>, prime: &Prime, settings: &Settings) -> Vec<Continuation> {
     generator

@@ -24,27 +24,9 @@ pub fn parse_pitch(text: &str) -> Result<u8, RangeError> {
     if let Ok(n) = t.parse::<u8>() {
         return if n <= 127 { Ok(n) } else { Err(bad()) };
     }
-    let mut chars = t.chars();
-    let base: i32 = match chars.next().ok_or_else(bad)?.to_ascii_uppercase() {
-        'C' => 0,
-        'D' => 2,
-        'E' => 4,
-        'F' => 5,
-        'G' => 7,
-        'A' => 9,
-        'B' => 11,
-        _ => return Err(bad()),
-    };
-    let rest = chars.as_str();
-    let (shift, octave) = if let Some(o) = rest.strip_prefix('#') {
-        (1, o)
-    } else if let Some(o) = rest.strip_prefix('b') {
-        (-1, o)
-    } else {
-        (0, rest)
-    };
+    let (semitone, octave) = crate::key::split_note_name(t).ok_or_else(bad)?;
     let octave: i32 = octave.parse().map_err(|_| bad())?;
-    let midi = (octave + 1) * 12 + base + shift;
+    let midi = (octave + 1) * 12 + semitone;
     u8::try_from(midi)
         .ok()
         .filter(|&p| p <= 127)
