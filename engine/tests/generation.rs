@@ -7,7 +7,9 @@ use std::ops::ControlFlow;
 use std::sync::atomic::AtomicBool;
 
 use common::example;
-use engine::generation::{GenerationError, Generator, Settings, Start, StreamedNote, MAX_BARS};
+use engine::generation::{
+    Continuation, GenerationError, Generator, Settings, Start, StreamedNote, MAX_BARS,
+};
 use engine::midi::Score;
 use engine::models::Model;
 use engine::time::Ticks;
@@ -39,6 +41,34 @@ fn check(
         assert!(n.duration.0 > 0 && n.velocity > 0, "{n}");
     }
     notes.len()
+}
+
+/// Each variation's streamed notes are its returned notes, in the same order, onsets rising.
+fn assert_streamed_as_returned(streamed: &[StreamedNote], continuations: &[Continuation]) {
+    for (v, c) in continuations.iter().enumerate() {
+        let mine: Vec<(f64, f64, u8, u8)> = streamed
+            .iter()
+            .filter(|n| n.variation == v)
+            .map(|n| (n.onset.0, n.duration.0, n.pitch, n.velocity))
+            .collect();
+        let returned: Vec<(f64, f64, u8, u8)> = c
+            .notes
+            .iter()
+            .map(|n| {
+                (
+                    n.start.0 as f64 / 24.0,
+                    n.duration.0 as f64 / 24.0,
+                    n.pitch,
+                    n.velocity,
+                )
+            })
+            .collect();
+        assert_eq!(mine, returned, "variation {v}");
+        assert!(
+            mine.windows(2).all(|w| w[0].0 <= w[1].0),
+            "onsets out of order"
+        );
+    }
 }
 
 #[test]
@@ -122,30 +152,7 @@ fn streaming_yields_the_returned_notes_in_order() {
             ControlFlow::Continue(())
         })
         .unwrap();
-    for (v, c) in continuations.iter().enumerate() {
-        let mine: Vec<(f64, f64, u8, u8)> = streamed
-            .iter()
-            .filter(|n| n.variation == v)
-            .map(|n| (n.onset.0, n.duration.0, n.pitch, n.velocity))
-            .collect();
-        let returned: Vec<(f64, f64, u8, u8)> = c
-            .notes
-            .iter()
-            .map(|n| {
-                (
-                    n.start.0 as f64 / 24.0,
-                    n.duration.0 as f64 / 24.0,
-                    n.pitch,
-                    n.velocity,
-                )
-            })
-            .collect();
-        assert_eq!(mine, returned, "variation {v}");
-        assert!(
-            mine.windows(2).all(|w| w[0].0 <= w[1].0),
-            "onsets out of order"
-        );
-    }
+    assert_streamed_as_returned(&streamed, &continuations);
     assert!(stats.first_note.is_some() || streamed.is_empty());
 }
 
@@ -548,19 +555,9 @@ fn continuations_slide_past_the_context_and_keep_every_bar() {
                 b + 1
             );
         }
-        // What streamed is what was returned, across the slides.
-        let mine: Vec<(f64, u8)> = streamed
-            .iter()
-            .filter(|n| n.variation == v)
-            .map(|n| (n.onset.0, n.pitch))
-            .collect();
-        let returned: Vec<(f64, u8)> = c
-            .notes
-            .iter()
-            .map(|n| (n.start.0 as f64 / 24.0, n.pitch))
-            .collect();
-        assert_eq!(mine, returned, "variation {v}");
     }
+    // What streamed is what was returned, across the slides.
+    assert_streamed_as_returned(&streamed, &continuations);
     // The same seed gives the same batch, slides and all.
     let (again, _) = generator
         .generate(&prime, &settings, None, |_| ControlFlow::Continue(()))
