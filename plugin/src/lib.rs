@@ -11,6 +11,7 @@ use nice_plug::midi::{Channel, Key, VoiceID};
 use nice_plug::prelude::*;
 
 pub mod capture;
+pub mod clock;
 pub mod continuer;
 pub mod editor;
 pub mod engine_continuer;
@@ -25,10 +26,12 @@ pub mod scheduler;
 pub mod shared;
 pub mod sounding;
 pub mod status;
-pub mod time;
 pub mod transport;
 
+use engine::time::Beats;
+
 use crate::capture::CapturedNote;
+use crate::clock::{host_time_signature, Tempo};
 use crate::inference::{Inference, InferenceThread, Knobs};
 use crate::output::{OutNote, OutQueue};
 use crate::params::ContinuatorParams;
@@ -36,7 +39,6 @@ use crate::realtime::{Incoming, Processor, Route};
 use crate::scheduler::ScheduledNote;
 use crate::shared::Shared;
 use crate::sounding::MAX_SOUNDING;
-use crate::time::{Beats, Tempo, TimeSignature};
 use crate::transport::HostTransport;
 
 /// Room for one block's outgoing events besides the NoteOff reserve: every input event passed
@@ -212,7 +214,7 @@ fn host_transport(transport: &Transport, len: u32) -> HostTransport {
         position: transport.pos_beats().map(Beats),
         tempo: transport.tempo.and_then(Tempo::from_bpm),
         time_signature: match (transport.time_sig_numerator, transport.time_sig_denominator) {
-            (Some(numerator), Some(denominator)) => TimeSignature::new(numerator, denominator),
+            (Some(numerator), Some(denominator)) => host_time_signature(numerator, denominator),
             _ => None,
         },
         sample_rate: transport.sample_rate,

@@ -8,12 +8,13 @@
 
 use std::sync::Arc;
 
+use engine::time::Beats;
 use rtrb::{Consumer, Producer, RingBuffer};
 
+use crate::clock::BlockClock;
 use crate::output::{OutNote, OutQueue};
 use crate::shared::{Counters, Shared, TakeId, NO_TAKE};
 use crate::sounding::SoundingNotes;
-use crate::time::{Beats, BlockClock};
 
 /// How many generated notes may wait between the inference thread and their onset.
 pub const PLAYBACK_CAPACITY: usize = 1024;
@@ -161,8 +162,8 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
+    use crate::clock::Tempo;
     use crate::sounding::MAX_SOUNDING;
-    use crate::time::Tempo;
 
     struct Rig {
         scheduler: Scheduler,

@@ -6,8 +6,10 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
+use engine::time::{Beats, TimeSignature};
+
+use crate::clock::Tempo;
 use crate::status::ModelStatus;
-use crate::time::{Beats, Tempo, TimeSignature};
 
 /// An `f64` stored as its bits, for values the audio thread publishes every block.
 #[derive(Debug, Default)]
@@ -92,8 +94,8 @@ impl TransportSnapshot {
         self.tempo.store(tempo.bpm());
         self.numerator.store(sig.numerator(), Ordering::Relaxed);
         self.denominator.store(sig.denominator(), Ordering::Relaxed);
-        self.playing.store(playing, Ordering::Release);
         self.blocks.fetch_add(1, Ordering::Release);
+        self.playing.store(playing, Ordering::Release);
     }
 
     pub fn publish_stopped(&self) {
@@ -107,8 +109,8 @@ impl TransportSnapshot {
             position: Beats(self.position.load()),
             tempo: Tempo::from_bpm(self.tempo.load()).unwrap_or(Tempo::from_bpm(120.0).unwrap()),
             time_signature: TimeSignature::new(
-                i32::from(self.numerator.load(Ordering::Relaxed)),
-                i32::from(self.denominator.load(Ordering::Relaxed)),
+                self.numerator.load(Ordering::Relaxed),
+                self.denominator.load(Ordering::Relaxed),
             )
             .unwrap_or_default(),
         }
