@@ -8,13 +8,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use continuator::clock::Tempo;
-use continuator::output::{OutNote, OutQueue};
-use continuator::realtime::{BlockSettings, Incoming, Processor};
-use continuator::scheduler::{playback_channel, ScheduledNote};
-use continuator::shared::Shared;
-use continuator::sounding::MAX_SOUNDING;
-use continuator::transport::HostTransport;
+use continuator::bench::{
+    playback_channel, BlockSettings, HostTransport, Incoming, OutNote, OutQueue, Processor,
+    ScheduledNote, Shared, Tempo, MAX_SOUNDING,
+};
 use engine::time::{Beats, TimeSignature};
 
 const BLOCK: u32 = 64;

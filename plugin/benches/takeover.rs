@@ -8,8 +8,9 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use continuator::continuer::{ContinueRequest, Continuer, GridNote, GridPrime};
-use continuator::engine_continuer::{EngineContinuer, ModelSource};
+use continuator::bench::{
+    ContinueRequest, Continuer, EngineContinuer, GridNote, GridPrime, ModelSource,
+};
 use engine::time::{GridTicks, TimeSignature};
 
 fn main() {

@@ -74,10 +74,6 @@ impl BlockClock {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     pub fn beats_per_sample(&self) -> f64 {
         self.beats_per_sample
     }

@@ -89,12 +89,9 @@ impl PlayingMemory {
         out
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.notes.read().map_or(0, |n| n.len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

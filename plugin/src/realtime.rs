@@ -122,7 +122,8 @@ impl Processor {
         (processor, captured)
     }
 
-    /// Generated notes sounding right now (for tests and the GUI).
+    /// Generated notes sounding right now.
+    #[cfg(test)]
     pub fn sounding(&self) -> usize {
         self.scheduler.sounding()
     }

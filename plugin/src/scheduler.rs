@@ -62,10 +62,12 @@ impl Scheduler {
         }
     }
 
+    #[cfg(test)]
     pub fn sounding(&self) -> usize {
         self.sounding.len()
     }
 
+    #[cfg(test)]
     pub fn pending(&self) -> usize {
         self.pending.len()
     }
@@ -82,12 +84,6 @@ impl Scheduler {
         self.playing_take = NO_TAKE;
         self.pending.clear();
         while self.incoming.pop().is_ok() {}
-        self.sounding.release_all(out, timing);
-    }
-
-    /// Releases sounding notes at `timing` without cancelling anything (used when a new take
-    /// replaces the old one).
-    pub fn release_sounding<E: From<OutNote>>(&mut self, out: &mut OutQueue<E>, timing: u32) {
         self.sounding.release_all(out, timing);
     }
 

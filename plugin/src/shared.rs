@@ -61,8 +61,6 @@ pub struct TransportSnapshot {
     tempo: AtomicF64,
     numerator: AtomicU8,
     denominator: AtomicU8,
-    /// Incremented on every publish, so the inference thread can tell a frozen host from silence.
-    blocks: AtomicU64,
 }
 
 impl Default for TransportSnapshot {
@@ -73,7 +71,6 @@ impl Default for TransportSnapshot {
             tempo: AtomicF64::new(120.0),
             numerator: AtomicU8::new(4),
             denominator: AtomicU8::new(4),
-            blocks: AtomicU64::new(0),
         }
     }
 }
@@ -94,13 +91,11 @@ impl TransportSnapshot {
         self.tempo.store(tempo.bpm());
         self.numerator.store(sig.numerator(), Ordering::Relaxed);
         self.denominator.store(sig.denominator(), Ordering::Relaxed);
-        self.blocks.fetch_add(1, Ordering::Release);
         self.playing.store(playing, Ordering::Release);
     }
 
     pub fn publish_stopped(&self) {
         self.playing.store(false, Ordering::Release);
-        self.blocks.fetch_add(1, Ordering::Release);
     }
 
     pub fn view(&self) -> TransportView {
@@ -114,10 +109,6 @@ impl TransportSnapshot {
             )
             .unwrap_or_default(),
         }
-    }
-
-    pub fn blocks(&self) -> u64 {
-        self.blocks.load(Ordering::Acquire)
     }
 }
 

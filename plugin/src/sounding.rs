@@ -35,6 +35,7 @@ impl Default for SoundingNotes {
 }
 
 impl SoundingNotes {
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.notes.len()
     }
