@@ -8,13 +8,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use continuator::output::{OutNote, OutQueue};
-use continuator::realtime::{BlockSettings, Incoming, Processor};
-use continuator::scheduler::{playback_channel, ScheduledNote};
-use continuator::shared::Shared;
-use continuator::sounding::MAX_SOUNDING;
-use continuator::time::{Beats, Tempo, TimeSignature};
-use continuator::transport::HostTransport;
+use continuator::bench::{
+    playback_channel, BlockSettings, HostTransport, Incoming, OutNote, OutQueue, Processor,
+    ScheduledNote, Shared, Tempo, MAX_SOUNDING,
+};
+use engine::time::{Beats, TimeSignature};
 
 const BLOCK: u32 = 64;
 const RATE: f32 = 48_000.0;

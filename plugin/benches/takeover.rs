@@ -8,9 +8,10 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use continuator::continuer::{ContinueRequest, Continuer, GridNote, Prime};
-use continuator::engine_continuer::{EngineContinuer, ModelSource};
-use continuator::time::{Ticks, TimeSignature};
+use continuator::bench::{
+    ContinueRequest, Continuer, EngineContinuer, GridNote, GridPrime, ModelSource,
+};
+use engine::time::{GridTicks, TimeSignature};
 
 fn main() {
     let source = ModelSource::from_env();
@@ -20,20 +21,20 @@ fn main() {
     let sig = TimeSignature::default();
     let notes = (0..32)
         .map(|i| GridNote {
-            onset: Ticks(i * 6),
-            duration: Ticks(5),
+            onset: GridTicks(i * 6),
+            duration: GridTicks(5),
             key: 60 + (i % 12) as u8,
             velocity: 80,
         })
         .collect();
     let request = ContinueRequest {
-        prime: Prime {
+        prime: GridPrime {
             time_signature: sig,
             bars: 4,
             notes,
         },
-        start: Ticks(4 * sig.bar_ticks().0),
-        length: Ticks(4 * sig.bar_ticks().0),
+        start: GridTicks(4 * sig.grid_ticks_per_bar().0),
+        length: GridTicks(4 * sig.grid_ticks_per_bar().0),
         temperature: 1.0,
         top_p: 0.95,
         seed: 0,

@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 
+use engine::time::Beats;
 use rtrb::{Consumer, Producer, RingBuffer};
 
 use crate::shared::{Counters, Shared};
-use crate::time::Beats;
 
 /// How many captured events may wait for the inference thread. At a few milliseconds between
 /// reads, this is far more than a human can play in that time.

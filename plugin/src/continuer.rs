@@ -2,29 +2,33 @@
 //!
 //! The inference thread only knows this trait, so it can be tested with a scripted fake, and the
 //! engine's generation API plugs in behind it without the real-time shell changing. Everything
-//! here is on the tokenizer's grid ([`Ticks`], 12 per beat), relative to the prime's first bar
-//! line, so the engine never has to know about tempo, samples or the host's timeline.
+//! here is on the grid ([`GridTicks`], [`GridTicks::PER_QUARTER`] to a quarter note), relative to
+//! the prime's first bar line, so the engine never has to know about tempo, samples or the host's
+//! timeline.
 
 use std::ops::ControlFlow;
 
 use engine::steering::Steering;
-
-use crate::time::{Ticks, TimeSignature};
+use engine::time::{GridTicks, TimeSignature};
 
 /// A note on the grid, relative to the prime's first bar line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct GridNote {
-    pub onset: Ticks,
+    pub onset: GridTicks,
     /// At least one tick.
-    pub duration: Ticks,
+    pub duration: GridTicks,
     pub key: u8,
     /// MIDI velocity, 1..=127.
     pub velocity: u8,
 }
 
-/// What the musician played: `bars` whole bars in one time signature, notes in onset order.
+/// What the musician played, as the plugin hands it to a [`Continuer`]: `bars` whole bars in one
+/// time signature (the listening window), notes on the grid in onset order.
+///
+/// Not the engine's [`engine::generation::Prime`], which is tokens cut at a start and ready to
+/// generate from: the product's continuer builds that from this one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Prime {
+pub struct GridPrime {
     pub time_signature: TimeSignature,
     pub bars: u32,
     pub notes: Vec<GridNote>,
@@ -33,14 +37,14 @@ pub struct Prime {
 /// A request for one continuation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContinueRequest {
-    pub prime: Prime,
+    pub prime: GridPrime,
     /// Where the continuation starts, from the prime's first bar line: usually the prime's end
     /// (`bars` bar lengths), later if the musician paused for whole bars, earlier (mid-bar, inside
     /// the prime's last bar) when a manual trigger says "now".
-    pub start: Ticks,
+    pub start: GridTicks,
     /// How long the continuation lasts from `start`; notes at or after `start + length` are not
     /// wanted (the implementation may stop there).
-    pub length: Ticks,
+    pub length: GridTicks,
     pub temperature: f32,
     pub top_p: f32,
     /// Sampling seed: the same prime, settings and seed give the same continuation.
@@ -77,5 +81,5 @@ pub trait Continuer: Send {
     /// the musician finishes a bar, for incremental prefill: an implementation may feed it to the
     /// model's cache now, so that when a continuation is asked for only what came after is left
     /// to process. The default ignores it.
-    fn listening(&mut self, _prime: &Prime) {}
+    fn listening(&mut self, _prime: &GridPrime) {}
 }

@@ -1,10 +1,11 @@
 //! The product's [`Continuer`]: the engine's model, prime and streaming generation.
 //!
-//! The plugin's prime (notes on the 12-per-beat grid from its first bar line) becomes a one-meter
-//! [`Score`], the engine's [`Prime`] is cut at the requested start (empty bars in between are
-//! walked by the engine, so a pause before the answer is part of what the model hears), and each
-//! streamed note goes straight back out, with onsets moved from "after the continuation's start"
-//! to the plugin's grid.
+//! The plugin's [`GridPrime`] (notes on the grid, [`GridTicks::PER_QUARTER`] to a quarter note,
+//! from its first bar line) becomes a one-meter [`Score`] at the grid's resolution, which the
+//! tokenizer resamples to its own; the engine's [`Prime`] is cut at the requested start,
+//! converted to the tokenizer's [`Ticks`] (empty bars in between are walked by the engine, so a
+//! pause before the answer is part of what the model hears), and each streamed note goes straight
+//! back out, with onsets moved from "after the continuation's start" to the plugin's grid.
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -12,9 +13,9 @@ use std::path::{Path, PathBuf};
 use engine::generation::{GenerationError, Generator, Prefix, Prime, Settings, Start};
 use engine::midi::{Note, Score, TimeSignatureChange};
 use engine::models::{LoadOptions, Model, ModelFiles, Precision};
+use engine::time::{GridTicks, Ticks};
 
-use crate::continuer::{ContinueError, ContinueRequest, Continuer, GridNote};
-use crate::time::{Ticks, TICKS_PER_BEAT};
+use crate::continuer::{ContinueError, ContinueRequest, Continuer, GridNote, GridPrime};
 
 pub struct EngineContinuer {
     model: Model,
@@ -110,23 +111,21 @@ impl EngineContinuer {
     }
 }
 
-/// The prime as a score at the plugin's grid resolution (12 ticks per quarter note).
-fn score(prime: &crate::continuer::Prime) -> Result<Score, ContinueError> {
-    let sig = prime.time_signature;
-    let meter = engine::time::TimeSignature::new(sig.numerator(), sig.denominator())
-        .ok_or_else(|| ContinueError::Failed(format!("unsupported meter {sig:?}")))?;
-    let mut score = Score::new(TICKS_PER_BEAT as u16);
+/// The prime as a score at the grid's resolution ([`GridTicks::PER_QUARTER`] ticks per quarter
+/// note), so that a grid tick is a score tick; notes before the first bar line are left out.
+fn score(prime: &GridPrime) -> Score {
+    let mut score = Score::new(GridTicks::PER_QUARTER);
     score.time_signatures = vec![TimeSignatureChange {
-        time: engine::time::Ticks(0),
-        signature: meter,
+        time: Ticks::ZERO,
+        signature: prime.time_signature,
     }];
     score.notes = prime
         .notes
         .iter()
         .filter(|n| n.onset.0 >= 0)
         .map(|n| Note {
-            start: engine::time::Ticks(n.onset.0 as u64),
-            duration: engine::time::Ticks(n.duration.0.max(1) as u64),
+            start: Ticks(n.onset.0 as u64),
+            duration: Ticks(n.duration.0.max(1) as u64),
             pitch: n.key.min(127),
             velocity: n.velocity.clamp(1, 127),
         })
@@ -134,15 +133,15 @@ fn score(prime: &crate::continuer::Prime) -> Result<Score, ContinueError> {
     score
         .notes
         .sort_by_key(|n| (n.start, n.duration, n.pitch, n.velocity));
-    Ok(score)
+    score
 }
 
 impl Continuer for EngineContinuer {
-    fn listening(&mut self, prime: &crate::continuer::Prime) {
+    fn listening(&mut self, prime: &GridPrime) {
         let Ok(generator) = Generator::new(&self.model) else {
             return;
         };
-        let Ok(score) = score(prime) else { return };
+        let score = score(prime);
         let tok = generator.tokenizer();
         let mut ids = vec![tok.bos_id()];
         tok.encode_into(&score, &mut ids);
@@ -168,7 +167,7 @@ impl Continuer for EngineContinuer {
     ) -> Result<(), ContinueError> {
         let generator =
             Generator::new(&self.model).map_err(|e| ContinueError::Failed(e.to_string()))?;
-        let bar_ticks = request.prime.time_signature.bar_ticks().0.max(1);
+        let bar_ticks = request.prime.time_signature.grid_ticks_per_bar().0.max(1);
         let settings = Settings {
             bars: ((request.length.0 + bar_ticks - 1) / bar_ticks).max(1) as u32,
             temperature: request.temperature,
@@ -180,9 +179,8 @@ impl Continuer for EngineContinuer {
             steering: request.steering,
         };
         let tok = generator.tokenizer();
-        let ids = tok.encode(&score(&request.prime)?);
-        let tpq = f64::from(tok.ticks_per_quarter());
-        let end = engine::time::Ticks((request.start.to_beats().0 * tpq).round().max(0.0) as u64);
+        let ids = tok.encode(&score(&request.prime));
+        let end = Ticks::from_quarters(request.start.to_quarters(), tok.ticks_per_quarter());
         let mut prime = Prime::from_ids(
             tok,
             generator.grammar(),
@@ -194,24 +192,20 @@ impl Continuer for EngineContinuer {
         .map_err(|e| ContinueError::Failed(e.to_string()))?;
         if settings.steering.faithfulness > 0.0 && !request.memory.is_empty() {
             // The playing memory, in the prime's meter: faithfulness follows all of it.
-            let memory = crate::continuer::Prime {
+            let memory = GridPrime {
                 time_signature: request.prime.time_signature,
                 bars: 0,
                 notes: request.memory.clone(),
             };
-            prime.remember(&tok.encode(&score(&memory)?));
+            prime.remember(&tok.encode(&score(&memory)));
         }
         // Where the engine starts may differ from the request by grid rounding: its start rules.
-        let start = Ticks((prime.start_quarters().0 * f64::from(TICKS_PER_BEAT)).round() as i64);
+        let start = GridTicks::from_quarters(prime.start_quarters());
         let result =
             generator.generate_from(self.prefix.as_ref(), &prime, &settings, None, |note| {
                 emit(GridNote {
-                    onset: Ticks(
-                        start.0 + (note.onset.0 * f64::from(TICKS_PER_BEAT)).round() as i64,
-                    ),
-                    duration: Ticks(
-                        ((note.duration.0 * f64::from(TICKS_PER_BEAT)).round() as i64).max(1),
-                    ),
+                    onset: GridTicks(start.0 + GridTicks::from_quarters(note.onset).0),
+                    duration: GridTicks(GridTicks::from_quarters(note.duration).0.max(1)),
                     key: note.pitch,
                     velocity: note.velocity,
                 })
@@ -246,16 +240,15 @@ mod tests {
 
     use super::testing::tiny_model;
     use super::*;
-    use crate::continuer::Prime as GridPrime;
-    use crate::time::TimeSignature;
+    use engine::time::TimeSignature;
 
     /// Four bars of quarter notes, continued after one empty bar for two bars.
     fn request(sig: TimeSignature) -> ContinueRequest {
-        let bar = sig.bar_ticks().0;
+        let bar = sig.grid_ticks_per_bar().0;
         let notes = (0..4 * bar / 12)
             .map(|b| GridNote {
-                onset: Ticks(b * 12),
-                duration: Ticks(6),
+                onset: GridTicks(b * 12),
+                duration: GridTicks(6),
                 key: 60 + (b % 7) as u8,
                 velocity: 80,
             })
@@ -266,8 +259,8 @@ mod tests {
                 bars: 4,
                 notes,
             },
-            start: Ticks(5 * bar),
-            length: Ticks(2 * bar),
+            start: GridTicks(5 * bar),
+            length: GridTicks(2 * bar),
             temperature: 1.0,
             top_p: 0.95,
             seed: 7,
@@ -342,8 +335,8 @@ mod tests {
         let memory: Vec<GridNote> = (0..4)
             .flat_map(|bar| {
                 figure.map(|(onset, key)| GridNote {
-                    onset: Ticks(bar * 48 + onset),
-                    duration: Ticks(6),
+                    onset: GridTicks(bar * 48 + onset),
+                    duration: GridTicks(6),
                     key,
                     velocity: 80,
                 })
@@ -354,14 +347,14 @@ mod tests {
                 time_signature: sig,
                 bars: 1,
                 notes: vec![GridNote {
-                    onset: Ticks(0),
-                    duration: Ticks(6),
+                    onset: GridTicks(0),
+                    duration: GridTicks(6),
                     key: 50,
                     velocity: 80,
                 }],
             },
-            start: Ticks(48),
-            length: Ticks(2 * 48),
+            start: GridTicks(48),
+            length: GridTicks(2 * 48),
             steering: engine::steering::Steering {
                 faithfulness: 1.0,
                 ..Default::default()
@@ -415,6 +408,16 @@ mod tests {
     }
 
     #[test]
+    fn the_grid_is_the_built_in_tokenizers_finest_resolution() {
+        // What `GridTicks::PER_QUARTER` documents: a note on the grid is one the model can say.
+        let tok = Tokenizer::from_json(embedded::TOKENIZER).unwrap();
+        assert_eq!(
+            u16::from(tok.config().max_positions_per_beat()),
+            GridTicks::PER_QUARTER
+        );
+    }
+
+    #[test]
     fn the_same_seed_gives_the_same_take_and_break_stops() {
         let request = request(TimeSignature::default());
         let mut continuer = EngineContinuer::from_model(tiny_model()).unwrap();
@@ -433,11 +436,11 @@ mod tests {
     fn listening_ahead_changes_nothing_but_the_work_left() {
         let mut request = request(TimeSignature::default());
         // A continuation from the bar line right after the prime, as Manual mode asks.
-        request.start = Ticks(4 * TimeSignature::default().bar_ticks().0);
+        request.start = GridTicks(4 * TimeSignature::default().grid_ticks_per_bar().0);
         let mut continuer = EngineContinuer::from_model(tiny_model()).unwrap();
         let cold = continue_with(&mut continuer, &request);
         // Bar by bar, as the musician plays: the window grows, then the continuation comes.
-        let bar = TimeSignature::default().bar_ticks().0;
+        let bar = TimeSignature::default().grid_ticks_per_bar().0;
         for bars in 1..=4 {
             let mut window = request.prime.clone();
             window.notes.retain(|n| n.onset.0 < bars * bar);
@@ -447,7 +450,7 @@ mod tests {
         // The whole window is cached: the prime's own tokens, after BOS.
         let tok = Tokenizer::reference();
         let mut ids = vec![tok.bos_id()];
-        tok.encode_into(&score(&request.prime).unwrap(), &mut ids);
+        tok.encode_into(&score(&request.prime), &mut ids);
         assert_eq!(prefix.ids(), &ids[..]);
         let warm = continue_with(&mut continuer, &request);
         assert_eq!(cold, warm);

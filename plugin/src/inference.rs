@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use engine::steering::Steering;
+use engine::time::{Beats, GridTicks};
 use rtrb::{Consumer, Producer};
 
 use crate::capture::CapturedNote;
@@ -22,7 +23,6 @@ use crate::phrase::Phrase;
 use crate::scheduler::ScheduledNote;
 use crate::shared::{Counters, Shared, TakeId, TransportView, NO_TAKE};
 use crate::status::ModelState;
-use crate::time::{Beats, Ticks, TICKS_PER_BEAT};
 
 /// The parameters the inference thread needs, read afresh on every poll.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -153,7 +153,7 @@ impl Inference {
             self.memory.clear();
         }
         self.clear_pressed = knobs.clear_memory;
-        let bar = view.time_signature.bar_ticks();
+        let bar = view.time_signature.grid_ticks_per_bar();
         for note in self.phrase.take_finished() {
             self.memory.add(&note, bar);
         }
@@ -262,7 +262,7 @@ impl Inference {
         let knobs = (self.knobs)();
         let sig = view.time_signature;
         let listen = knobs.listen_bars.max(1);
-        let bar_ticks = sig.bar_ticks();
+        let bar_ticks = sig.grid_ticks_per_bar();
         // Where the continuation starts on the timeline, and the first bar of the prime.
         let (start, first_bar) = match ask {
             Ask::Trigger(at) => match knobs.start {
@@ -272,8 +272,8 @@ impl Inference {
                 }
                 Start::Now => {
                     // The first grid position at or after the trigger.
-                    let ticks = (at.0 * f64::from(TICKS_PER_BEAT) - 1e-6).ceil() as i64;
-                    let start = Ticks(ticks).to_beats();
+                    let ticks = (at.0 * f64::from(GridTicks::PER_QUARTER) - 1e-6).ceil() as i64;
+                    let start = GridTicks(ticks).to_quarters();
                     (start, sig.bar_index(start) - i64::from(listen) + 1)
                 }
             },
@@ -292,11 +292,11 @@ impl Inference {
         };
         let prime = self.phrase.prime(sig, first_bar, listen, view.position);
         let origin = sig.bar_start(first_bar);
-        let length = Ticks(i64::from(knobs.continue_bars.max(1)) * bar_ticks.0);
+        let length = GridTicks(i64::from(knobs.continue_bars.max(1)) * bar_ticks.0);
         let variation = self.takes_started % knobs.variations.max(1);
         let request = ContinueRequest {
             prime,
-            start: (start - origin).to_ticks(),
+            start: GridTicks::from_quarters(start - origin),
             length,
             temperature: knobs.temperature,
             top_p: knobs.top_p,
@@ -316,7 +316,7 @@ impl Inference {
         self.takes_started = self.takes_started.wrapping_add(1);
         let take = self.takes_started.max(1);
         self.current_take = take;
-        self.take_end = start + length.to_beats();
+        self.take_end = start + length.to_quarters();
         self.phrase_start = view.position;
         // Publishing the new take makes the audio thread release whatever the old one left
         // sounding before the first note of this one plays.
@@ -338,7 +338,7 @@ impl Inference {
             if shared.active_take() != take || note.onset.0 >= take_end {
                 return ControlFlow::Break(());
             }
-            let onset = origin + note.onset.to_beats();
+            let onset = origin + note.onset.to_quarters();
             if onset < shared.transport.view().position {
                 Counters::bump(&shared.counters.late_notes);
                 return ControlFlow::Continue(());
@@ -346,7 +346,7 @@ impl Inference {
             let scheduled = ScheduledNote {
                 take,
                 onset,
-                end: onset + Ticks(note.duration.0.max(1)).to_beats(),
+                end: onset + GridTicks(note.duration.0.max(1)).to_quarters(),
                 key: note.key.min(127),
                 velocity: note.velocity.clamp(1, 127),
             };
@@ -433,14 +433,15 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+    use crate::clock::Tempo;
     use crate::continuer::GridNote;
     use crate::output::{OutNote, OutQueue};
     use crate::realtime::{BlockSettings, Incoming, Processor};
     use crate::scheduler::playback_channel;
     use crate::sounding::MAX_SOUNDING;
     use crate::status::ModelState;
-    use crate::time::{Tempo, TimeSignature};
     use crate::transport::HostTransport;
+    use engine::time::TimeSignature;
 
     /// Plays an eighth-note run from the requested start, and remembers what it was asked.
     struct Scripted {
@@ -456,12 +457,12 @@ mod tests {
             emit: &mut dyn FnMut(GridNote) -> ControlFlow<()>,
         ) -> Result<(), ContinueError> {
             self.requests.lock().unwrap().push(request.clone());
-            let early = self.early.iter().map(|&t| Ticks(t));
-            let run = (0..).map(|i| Ticks(request.start.0 + i * 6));
+            let early = self.early.iter().map(|&t| GridTicks(t));
+            let run = (0..).map(|i| GridTicks(request.start.0 + i * 6));
             for onset in early.chain(run) {
                 let note = GridNote {
                     onset,
-                    duration: Ticks(5),
+                    duration: GridTicks(5),
                     key: 72,
                     velocity: 80,
                 };
@@ -613,7 +614,7 @@ mod tests {
 
     /// Four bars of quarter notes (each half a beat long) from beat 0.
     fn four_bars(sig: TimeSignature) -> Vec<(f64, u8, bool)> {
-        let beats = (4.0 * sig.bar_length().0) as usize;
+        let beats = (4.0 * sig.quarters_per_bar().0) as usize;
         (0..beats)
             .flat_map(|b| {
                 [
@@ -630,7 +631,7 @@ mod tests {
         let mut rig = Rig::new(120.0, sig, Vec::new(), true);
         rig.knobs.lock().unwrap().steering.faithfulness = 0.5;
         let played = four_bars(sig);
-        let bar = sig.bar_length().0;
+        let bar = sig.quarters_per_bar().0;
         rig.run_until(8.0 * bar, &played);
         let requests = rig.requests.lock().unwrap().clone();
         assert_eq!(requests.len(), 1);
@@ -640,7 +641,7 @@ mod tests {
             played.len() / 2,
             "every played note is remembered"
         );
-        assert_eq!(memory[0].onset, Ticks(0));
+        assert_eq!(memory[0].onset, GridTicks(0));
         assert_eq!(requests[0].steering.faithfulness, 0.5);
         assert_eq!(rig.inference.memory.len(), played.len() / 2);
         // The button's rising edge forgets it all, once.
@@ -659,7 +660,7 @@ mod tests {
     fn auto_scenario(bpm: f64, sig: TimeSignature) {
         let mut rig = Rig::new(bpm, sig, Vec::new(), true);
         let played = four_bars(sig);
-        let bar = sig.bar_length().0;
+        let bar = sig.quarters_per_bar().0;
         rig.run_until(8.0 * bar, &played);
         let requests = rig.requests.lock().unwrap().clone();
         assert_eq!(requests.len(), 1, "one continuation after the pause");
@@ -669,8 +670,8 @@ mod tests {
         assert_eq!(request.prime.time_signature, sig);
         // Last note ends half a beat into the last beat of bar 4; one beat of silence later is
         // still inside bar 5, so the continuation starts on the line of bar 6 (index 5).
-        assert_eq!(request.start, Ticks(5 * sig.bar_ticks().0));
-        assert_eq!(request.length, Ticks(4 * sig.bar_ticks().0));
+        assert_eq!(request.start, GridTicks(5 * sig.grid_ticks_per_bar().0));
+        assert_eq!(request.length, GridTicks(4 * sig.grid_ticks_per_bar().0));
         let spb = rig.samples_per_beat();
         let first = (5.0 * bar * spb).round() as u64;
         assert_eq!(
@@ -735,8 +736,11 @@ mod tests {
         let request = rig.requests.lock().unwrap()[0].clone();
         // Triggered in bar 3 (beats 8..12): prime is bars 1-2, the continuation starts at beat 12.
         assert_eq!(request.prime.bars, 2);
-        assert_eq!(request.start, Ticks(2 * 48));
-        assert_eq!(request.prime.notes.first().map(|n| n.onset), Some(Ticks(0)));
+        assert_eq!(request.start, GridTicks(2 * 48));
+        assert_eq!(
+            request.prime.notes.first().map(|n| n.onset),
+            Some(GridTicks(0))
+        );
         assert_eq!(rig.ons.first().copied(), Some(12 * 24_000));
     }
 
@@ -813,7 +817,7 @@ mod tests {
             let mut rig = Rig::with_loader(bpm, sig, loader);
             assert_eq!(rig.shared.model.state(), ModelState::Ready);
             let played = four_bars(sig);
-            let bar = sig.bar_length().0;
+            let bar = sig.quarters_per_bar().0;
             rig.run_until(10.0 * bar, &played);
             let spb = rig.samples_per_beat();
             let start = (5.0 * bar * spb).round() as u64;

@@ -10,25 +10,43 @@ use std::sync::Arc;
 use nice_plug::midi::{Channel, Key, VoiceID};
 use nice_plug::prelude::*;
 
-pub mod capture;
-pub mod continuer;
-pub mod editor;
-pub mod engine_continuer;
-pub mod inference;
-pub mod memory;
-pub mod model;
-pub mod output;
-pub mod params;
-pub mod phrase;
-pub mod realtime;
-pub mod scheduler;
-pub mod shared;
-pub mod sounding;
-pub mod status;
-pub mod time;
-pub mod transport;
+mod capture;
+mod clock;
+mod continuer;
+mod editor;
+mod engine_continuer;
+mod inference;
+mod memory;
+mod model;
+mod output;
+mod params;
+mod phrase;
+mod realtime;
+mod scheduler;
+mod shared;
+mod sounding;
+mod status;
+mod transport;
+
+/// The pieces the benchmarks (`plugin/benches`) drive directly: the real-time core and the
+/// continuer seam. Not an API: hosts load the plugin through its CLAP/VST3 exports, and everything
+/// else stays private so that the compiler reports what nothing uses.
+pub mod bench {
+    pub use crate::clock::Tempo;
+    pub use crate::continuer::{ContinueRequest, Continuer, GridNote, GridPrime};
+    pub use crate::engine_continuer::{EngineContinuer, ModelSource};
+    pub use crate::output::{OutNote, OutQueue};
+    pub use crate::realtime::{BlockSettings, Incoming, Processor};
+    pub use crate::scheduler::{playback_channel, ScheduledNote};
+    pub use crate::shared::Shared;
+    pub use crate::sounding::MAX_SOUNDING;
+    pub use crate::transport::HostTransport;
+}
+
+use engine::time::Beats;
 
 use crate::capture::CapturedNote;
+use crate::clock::{host_time_signature, Tempo};
 use crate::inference::{Inference, InferenceThread, Knobs};
 use crate::output::{OutNote, OutQueue};
 use crate::params::ContinuatorParams;
@@ -36,7 +54,6 @@ use crate::realtime::{Incoming, Processor, Route};
 use crate::scheduler::ScheduledNote;
 use crate::shared::Shared;
 use crate::sounding::MAX_SOUNDING;
-use crate::time::{Beats, Tempo, TimeSignature};
 use crate::transport::HostTransport;
 
 /// Room for one block's outgoing events besides the NoteOff reserve: every input event passed
@@ -212,7 +229,7 @@ fn host_transport(transport: &Transport, len: u32) -> HostTransport {
         position: transport.pos_beats().map(Beats),
         tempo: transport.tempo.and_then(Tempo::from_bpm),
         time_signature: match (transport.time_sig_numerator, transport.time_sig_denominator) {
-            (Some(numerator), Some(denominator)) => TimeSignature::new(numerator, denominator),
+            (Some(numerator), Some(denominator)) => host_time_signature(numerator, denominator),
             _ => None,
         },
         sample_rate: transport.sample_rate,

@@ -9,10 +9,11 @@
 
 use std::sync::{Arc, RwLock};
 
+use engine::time::GridTicks;
+
 use crate::continuer::GridNote;
 use crate::params::SavedNote;
 use crate::phrase::PlayedNote;
-use crate::time::Ticks;
 
 /// Notes kept before the oldest are forgotten: a few hundred bars of dense playing, and about
 /// as many tokens as the engine's phrase memory holds.
@@ -21,7 +22,7 @@ pub const MAX_NOTES: usize = 4096;
 pub struct PlayingMemory {
     /// Shared with the parameters' persisted field.
     notes: Arc<RwLock<Vec<SavedNote>>>,
-    /// Ticks added to the host's position (whole bars) since the transport last went back.
+    /// Grid ticks added to the host's position (whole bars) since the transport last went back.
     offset: i64,
 }
 
@@ -31,12 +32,12 @@ impl PlayingMemory {
     }
 
     /// Remembers a finished note played at the host position it carries, in bars of `bar`.
-    pub fn add(&mut self, note: &PlayedNote, bar: Ticks) {
+    pub fn add(&mut self, note: &PlayedNote, bar: GridTicks) {
         let bar = bar.0.max(1);
         let Ok(mut notes) = self.notes.write() else {
             return;
         };
-        let mut onset = note.onset.to_ticks().0 + self.offset;
+        let mut onset = GridTicks::from_quarters(note.onset).0 + self.offset;
         let latest = notes.iter().map(|n| n.onset).max();
         if let Some(latest) = latest {
             // Earlier than a bar before the latest note: the transport went back. Move on by
@@ -49,7 +50,7 @@ impl PlayingMemory {
         }
         notes.push(SavedNote {
             onset,
-            duration: (note.end - note.onset).to_ticks().0.max(1),
+            duration: GridTicks::from_quarters(note.end - note.onset).0.max(1),
             key: note.key,
             velocity: note.velocity.max(1),
         });
@@ -68,7 +69,7 @@ impl PlayingMemory {
 
     /// The remembered notes on the grid, earliest first, moved so that the first one's bar
     /// starts at tick 0.
-    pub fn snapshot(&self, bar: Ticks) -> Vec<GridNote> {
+    pub fn snapshot(&self, bar: GridTicks) -> Vec<GridNote> {
         let Ok(notes) = self.notes.read() else {
             return Vec::new();
         };
@@ -78,8 +79,8 @@ impl PlayingMemory {
         let mut out: Vec<GridNote> = notes
             .iter()
             .map(|n| GridNote {
-                onset: Ticks(n.onset - origin),
-                duration: Ticks(n.duration.max(1)),
+                onset: GridTicks(n.onset - origin),
+                duration: GridTicks(n.duration.max(1)),
                 key: n.key.min(127),
                 velocity: n.velocity.clamp(1, 127),
             })
@@ -88,19 +89,16 @@ impl PlayingMemory {
         out
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.notes.read().map_or(0, |n| n.len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::time::Beats;
+    use engine::time::Beats;
 
     fn played(onset: f64, key: u8) -> PlayedNote {
         PlayedNote {
@@ -115,7 +113,7 @@ mod tests {
     fn a_loop_played_twice_follows_itself_and_the_memory_is_bounded() {
         let notes = Arc::new(RwLock::new(Vec::new()));
         let mut memory = PlayingMemory::new(notes.clone());
-        let bar = Ticks(48); // 4/4 on the 12-per-beat grid
+        let bar = GridTicks(48); // 4/4 on the 12-per-beat grid
         for pass in 0..2 {
             for beat in 0..8 {
                 memory.add(&played(f64::from(beat), 60 + pass), bar);

@@ -30,7 +30,7 @@ mod scripted {
     use std::ops::ControlFlow;
 
     use crate::continuer::{ContinueError, ContinueRequest, Continuer, GridNote};
-    use crate::time::{Ticks, TICKS_PER_BEAT};
+    use engine::time::GridTicks;
 
     /// Eighth notes from the requested start to its end, walking up a scale.
     pub struct EighthNotes;
@@ -41,13 +41,13 @@ mod scripted {
             request: &ContinueRequest,
             emit: &mut dyn FnMut(GridNote) -> ControlFlow<()>,
         ) -> Result<(), ContinueError> {
-            let step = i64::from(TICKS_PER_BEAT / 2);
+            let step = i64::from(GridTicks::PER_QUARTER / 2);
             let end = request.start.0 + request.length.0;
             for (i, onset) in (request.start.0..end).step_by(step as usize).enumerate() {
                 let key = 60 + [0, 2, 4, 5, 7, 9, 11, 12][i % 8];
                 let note = GridNote {
-                    onset: Ticks(onset),
-                    duration: Ticks(step - 1),
+                    onset: GridTicks(onset),
+                    duration: GridTicks(step - 1),
                     key,
                     velocity: 90,
                 };

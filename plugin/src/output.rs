@@ -71,11 +71,13 @@ impl<E> OutQueue<E> {
         self.events.push((timing, order, event));
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.events.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.events.is_empty()
     }
 

@@ -4,9 +4,10 @@
 
 use std::collections::VecDeque;
 
+use engine::time::{Beats, GridTicks, TimeSignature};
+
 use crate::capture::{CapturedNote, Edge};
-use crate::continuer::{GridNote, Prime};
-use crate::time::{Beats, Ticks, TimeSignature};
+use crate::continuer::{GridNote, GridPrime};
 
 /// Notes older than this many bars are forgotten: far more than the longest listening window.
 const MEMORY_BARS: f64 = 64.0;
@@ -109,7 +110,7 @@ impl Phrase {
 
     /// Forgets what is too old to ever be listened to again.
     pub fn prune(&mut self, now: Beats, sig: TimeSignature) {
-        let horizon = Beats(now.0 - MEMORY_BARS * sig.bar_length().0);
+        let horizon = Beats(now.0 - MEMORY_BARS * sig.quarters_per_bar().0);
         while self.notes.front().is_some_and(|n| n.onset < horizon) {
             self.notes.pop_front();
         }
@@ -118,7 +119,7 @@ impl Phrase {
     /// The bars `[first_bar, first_bar + bars)` on the grid, as a prime: onsets relative to the
     /// first bar line; notes still held at `now` last until `now`. Durations are at least one
     /// tick, since the tokenizer has no zero-length notes.
-    pub fn prime(&self, sig: TimeSignature, first_bar: i64, bars: u32, now: Beats) -> Prime {
+    pub fn prime(&self, sig: TimeSignature, first_bar: i64, bars: u32, now: Beats) -> GridPrime {
         let origin = sig.bar_start(first_bar);
         let end = sig.bar_start(first_bar + i64::from(bars));
         let finished = self.notes_since(origin).filter(|n| n.onset < end).copied();
@@ -135,20 +136,20 @@ impl Phrase {
         let mut notes: Vec<GridNote> = finished
             .chain(held)
             .map(|n| {
-                let onset = (n.onset - origin).to_ticks();
-                let end = (n.end - origin).to_ticks();
+                let onset = GridTicks::from_quarters(n.onset - origin);
+                let end = GridTicks::from_quarters(n.end - origin);
                 GridNote {
                     onset,
-                    duration: Ticks((end.0 - onset.0).max(1)),
+                    duration: GridTicks((end.0 - onset.0).max(1)),
                     key: n.key,
                     velocity: n.velocity,
                 }
             })
             // Rounding onto the grid may push a note a hair before the bar line onto the next bar.
-            .filter(|n| n.onset.0 < i64::from(bars) * sig.bar_ticks().0)
+            .filter(|n| n.onset.0 < i64::from(bars) * sig.grid_ticks_per_bar().0)
             .collect();
         notes.sort_by_key(|n| (n.onset, n.key));
-        Prime {
+        GridPrime {
             time_signature: sig,
             bars,
             notes,
@@ -193,20 +194,20 @@ mod tests {
             prime.notes,
             [
                 GridNote {
-                    onset: Ticks(0),
-                    duration: Ticks(6),
+                    onset: GridTicks(0),
+                    duration: GridTicks(6),
                     key: 60,
                     velocity: 90
                 },
                 GridNote {
-                    onset: Ticks(6),
-                    duration: Ticks(18),
+                    onset: GridTicks(6),
+                    duration: GridTicks(18),
                     key: 64,
                     velocity: 90
                 },
                 GridNote {
-                    onset: Ticks(36),
-                    duration: Ticks(6),
+                    onset: GridTicks(36),
+                    duration: GridTicks(6),
                     key: 67,
                     velocity: 90
                 },

@@ -8,13 +8,14 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use engine::time::TimeSignature;
 use rtrb::Consumer;
 
 use crate::capture::{velocity_to_midi, Capture, CapturedNote, Edge};
+use crate::clock::BlockClock;
 use crate::output::{OutNote, OutQueue};
 use crate::scheduler::{ScheduledNote, Scheduler};
 use crate::shared::{Shared, NO_TAKE};
-use crate::time::{BlockClock, TimeSignature};
 use crate::transport::{Change, HostTransport, TransportTracker};
 
 /// What may start a manual continuation from the MIDI input.
@@ -121,7 +122,8 @@ impl Processor {
         (processor, captured)
     }
 
-    /// Generated notes sounding right now (for tests and the GUI).
+    /// Generated notes sounding right now.
+    #[cfg(test)]
     pub fn sounding(&self) -> usize {
         self.scheduler.sounding()
     }
@@ -290,9 +292,10 @@ mod tests {
 
     use super::*;
     use crate::capture::CapturedNote;
+    use crate::clock::Tempo;
     use crate::scheduler::{playback_channel, ScheduledNote};
     use crate::sounding::MAX_SOUNDING;
-    use crate::time::{Beats, Tempo};
+    use engine::time::Beats;
 
     /// A host in miniature: runs blocks through a [`Processor`] and checks what comes out.
     struct Host {

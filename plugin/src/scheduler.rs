@@ -8,12 +8,13 @@
 
 use std::sync::Arc;
 
+use engine::time::Beats;
 use rtrb::{Consumer, Producer, RingBuffer};
 
+use crate::clock::BlockClock;
 use crate::output::{OutNote, OutQueue};
 use crate::shared::{Counters, Shared, TakeId, NO_TAKE};
 use crate::sounding::SoundingNotes;
-use crate::time::{Beats, BlockClock};
 
 /// How many generated notes may wait between the inference thread and their onset.
 pub const PLAYBACK_CAPACITY: usize = 1024;
@@ -61,10 +62,12 @@ impl Scheduler {
         }
     }
 
+    #[cfg(test)]
     pub fn sounding(&self) -> usize {
         self.sounding.len()
     }
 
+    #[cfg(test)]
     pub fn pending(&self) -> usize {
         self.pending.len()
     }
@@ -81,12 +84,6 @@ impl Scheduler {
         self.playing_take = NO_TAKE;
         self.pending.clear();
         while self.incoming.pop().is_ok() {}
-        self.sounding.release_all(out, timing);
-    }
-
-    /// Releases sounding notes at `timing` without cancelling anything (used when a new take
-    /// replaces the old one).
-    pub fn release_sounding<E: From<OutNote>>(&mut self, out: &mut OutQueue<E>, timing: u32) {
         self.sounding.release_all(out, timing);
     }
 
@@ -161,8 +158,8 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
+    use crate::clock::Tempo;
     use crate::sounding::MAX_SOUNDING;
-    use crate::time::Tempo;
 
     struct Rig {
         scheduler: Scheduler,

@@ -6,8 +6,10 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
+use engine::time::{Beats, TimeSignature};
+
+use crate::clock::Tempo;
 use crate::status::ModelStatus;
-use crate::time::{Beats, Tempo, TimeSignature};
 
 /// An `f64` stored as its bits, for values the audio thread publishes every block.
 #[derive(Debug, Default)]
@@ -59,8 +61,6 @@ pub struct TransportSnapshot {
     tempo: AtomicF64,
     numerator: AtomicU8,
     denominator: AtomicU8,
-    /// Incremented on every publish, so the inference thread can tell a frozen host from silence.
-    blocks: AtomicU64,
 }
 
 impl Default for TransportSnapshot {
@@ -71,7 +71,6 @@ impl Default for TransportSnapshot {
             tempo: AtomicF64::new(120.0),
             numerator: AtomicU8::new(4),
             denominator: AtomicU8::new(4),
-            blocks: AtomicU64::new(0),
         }
     }
 }
@@ -93,12 +92,10 @@ impl TransportSnapshot {
         self.numerator.store(sig.numerator(), Ordering::Relaxed);
         self.denominator.store(sig.denominator(), Ordering::Relaxed);
         self.playing.store(playing, Ordering::Release);
-        self.blocks.fetch_add(1, Ordering::Release);
     }
 
     pub fn publish_stopped(&self) {
         self.playing.store(false, Ordering::Release);
-        self.blocks.fetch_add(1, Ordering::Release);
     }
 
     pub fn view(&self) -> TransportView {
@@ -107,15 +104,11 @@ impl TransportSnapshot {
             position: Beats(self.position.load()),
             tempo: Tempo::from_bpm(self.tempo.load()).unwrap_or(Tempo::from_bpm(120.0).unwrap()),
             time_signature: TimeSignature::new(
-                i32::from(self.numerator.load(Ordering::Relaxed)),
-                i32::from(self.denominator.load(Ordering::Relaxed)),
+                self.numerator.load(Ordering::Relaxed),
+                self.denominator.load(Ordering::Relaxed),
             )
             .unwrap_or_default(),
         }
-    }
-
-    pub fn blocks(&self) -> u64 {
-        self.blocks.load(Ordering::Acquire)
     }
 }
 

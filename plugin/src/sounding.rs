@@ -5,8 +5,10 @@
 //! bypass, reset, a new take, the musician playing over). A key that is retriggered while it still
 //! sounds is first released, so the host never sees two NoteOns for one key without a NoteOff.
 
+use engine::time::Beats;
+
+use crate::clock::BlockClock;
 use crate::output::{OutNote, OutQueue};
-use crate::time::{Beats, BlockClock};
 
 /// At most this many generated notes sound at once; more is certainly a runaway model. Fixed so
 /// the table never allocates on the audio thread.
@@ -33,6 +35,7 @@ impl Default for SoundingNotes {
 }
 
 impl SoundingNotes {
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.notes.len()
     }
@@ -138,7 +141,7 @@ impl SoundingNotes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::time::Tempo;
+    use crate::clock::Tempo;
 
     fn clock(start: f64, len: u32) -> BlockClock {
         BlockClock::new(Beats(start), Tempo::from_bpm(120.0).unwrap(), 48_000.0, len).unwrap()

@@ -4,7 +4,9 @@
 //! where the previous one ended. The tracker compares the two and reports the change, so the
 //! plugin can release every generated note before anything hangs.
 
-use crate::time::{Beats, BlockClock, Tempo, TimeSignature};
+use engine::time::{Beats, TimeSignature};
+
+use crate::clock::{BlockClock, Tempo};
 
 /// What the host says about one block, copied out of its API so the real-time core can be tested
 /// without a host.

@@ -4,7 +4,9 @@
 //!
 //! The loop itself lives in `engine::training`; this module parses settings, draws progress
 //! (indicatif on a terminal, log lines otherwise, so `nohup` logs stay readable), turns Ctrl-C
-//! into a clean checkpoint, and writes the model card on export.
+//! into a clean checkpoint, and writes the model card on export ([`model_card`]).
+
+mod model_card;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -22,6 +24,8 @@ use engine::training::{
     Corpus, CorpusOptions, Observer, RunOptions, StepReport, TrainConfig, Trainer, ValReport,
 };
 use indicatif::{ProgressBar, ProgressStyle};
+
+use self::model_card::ModelCard;
 
 /// Free-form notes on a run, kept in its folder and quoted into the exported model card.
 const NOTES_FILE: &str = "NOTES.md";
@@ -440,9 +444,9 @@ fn export(args: ExportArgs) -> Result<()> {
         "step {}: validation {val:.4} nats/token, bigram {bigram:.4} ({val_tokens} tokens)",
         done.step
     );
-    let card = model_card(&args, &cfg, &done, &copied, (val, bigram, val_tokens))?;
+    let card = ModelCard::gather(&args, &cfg, &done, &copied, (val, bigram, val_tokens))?;
     let card_path = args.out.join("MODEL_CARD.md");
-    std::fs::write(&card_path, card)
+    std::fs::write(&card_path, card.to_string())
         .with_context(|| format!("{}: cannot write", card_path.display()))?;
     println!(
         "wrote {} (step {}, {} parameters, decoder {:.1} MB)",
@@ -452,66 +456,6 @@ fn export(args: ExportArgs) -> Result<()> {
         done.decoder_bytes as f64 / 1e6
     );
     Ok(())
-}
-
-/// The run's own history, written by whoever ran it, as `NOTES.md` in the run folder: what the
-/// numbers above cannot say (where a resumed run moved between machines, code changes part-way
-/// through that make a re-run differ). Quoted into the card as its own section.
-fn run_notes(run: &Path) -> Result<String> {
-    let path = run.join(NOTES_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) if !text.trim().is_empty() => Ok(format!(
-            "## Run notes\n\n(From `{}`.)\n\n{}\n\n",
-            path.display(),
-            text.trim()
-        )),
-        Ok(_) => Ok(String::new()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-        Err(e) => Err(e).with_context(|| format!("{}: cannot read", path.display())),
-    }
-}
-
-fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
-/// Licence and attribution text from the data folders (a `NOTICE.md` in the folder or its
-/// parent), quoted whole so the attribution travels with the weights.
-fn notices(data: &[PathBuf]) -> String {
-    let mut seen = Vec::new();
-    let mut out = String::new();
-    for dir in data {
-        for candidate in [dir.join("NOTICE.md"), dir.join("../NOTICE.md")] {
-            let Ok(path) = candidate.canonicalize() else {
-                continue;
-            };
-            if seen.contains(&path) {
-                continue;
-            }
-            if let Ok(text) = std::fs::read_to_string(&path) {
-                out.push_str(&format!(
-                    "\n<!-- copied from {} -->\n\n",
-                    candidate.display()
-                ));
-                let text = format!("\n{text}");
-                out.push_str(&text.replace("\n# ", "\n### ").replace("\n## ", "\n### "));
-                seen.push(path);
-            }
-        }
-    }
-    if out.is_empty() {
-        out = "(no NOTICE.md was found beside the data folders: add the data's licences here)\n"
-            .into();
-    }
-    out
 }
 
 /// Copies the per-folder licence files of the data (`LICENSE*`, `NOTICE*`, `manifest.csv`, which
@@ -567,150 +511,4 @@ fn copy_licences(data: &[PathBuf], out: &Path) -> Result<Vec<String>> {
         }
     }
     Ok(copied)
-}
-
-fn model_card(
-    args: &ExportArgs,
-    cfg: &TrainConfig,
-    done: &engine::training::export::Exported,
-    copied: &[String],
-    (val, bigram, val_tokens): (f64, f64, u64),
-) -> Result<String> {
-    let ck = checkpoint::load(&args.run.join(CHECKPOINT_FILE), &Device::Cpu)?;
-    let state = ck.state;
-    let d = &cfg.model.decoder;
-    let data_args: String = cfg
-        .data
-        .iter()
-        .map(|d| format!(" --data {}", d.display()))
-        .collect();
-    let command = format!(
-        "cargo run --release -p xtask -- train decoder{data_args} --preset {} --out {} --steps {} --batch {} --seq {} --lr {} --accum {} --warmup {} --seed {}{}",
-        cfg.preset,
-        args.run.display(),
-        cfg.steps,
-        cfg.batch,
-        cfg.seq,
-        cfg.schedule.peak,
-        cfg.accum,
-        cfg.schedule.warmup,
-        cfg.seed,
-        if cfg.transpose { "" } else { " --no-transpose" }
-    );
-    let finished = state.step >= cfg.steps;
-    let status = if finished {
-        format!(
-            "The run is complete: {} of {} steps.",
-            state.step, cfg.steps
-        )
-    } else {
-        format!(
-            "**This is a checkpoint of an ongoing run**: step {} of {} ({:.0} %). Continue it where it \
-             stopped (it reads `{}/run.json` and `checkpoint.safetensors`, which stay outside the \
-             repository) with\n\n```sh\n{command} --resume\n```\n\nthen export again with \
-             `cargo xtask train export {} --out {} --f16`.",
-            state.step,
-            cfg.steps,
-            100.0 * state.step as f64 / cfg.steps as f64,
-            args.run.display(),
-            args.run.display(),
-            args.out.display()
-        )
-    };
-    let val_line = format!("{val:.4} (these weights, step {})", state.step);
-    let notes = run_notes(&args.run)?;
-    Ok(format!(
-        "# Continuator default model\n\n\
-         A decoder-only transformer over MidiTok REMI tokens (x-transformers layout, see\n\
-         `docs/model-format.md`), pretrained from scratch with `cargo xtask train decoder`.\n\n\
-         ## Status\n\n{status}\n\n\
-         ## Shapes\n\n\
-         | | |\n|---|---|\n\
-         | vocabulary | {} tokens (MidiTok 3.1 REMI reference configuration) |\n\
-         | decoder | {} × {}, {} heads × {}, GLU feed-forward × {}, rotary positions |\n\
-         | parameters | {} |\n\
-         | training context | {} tokens |\n\
-         | weights | {} (`decoder.safetensors`, {:.1} MB) |\n\n\
-         ## Training\n\n\
-         | | |\n|---|---|\n\
-         | steps | {} of {} |\n\
-         | tokens seen | {} |\n\
-         | batch | {} × {} tokens{} |\n\
-         | optimiser | AdamW (β {}, {}; weight decay {} on matrices), peak lr {}, {} warm-up steps, cosine to {} × peak, clip {} |\n\
-         | augmentation | {} |\n\
-         | hardware | {} ({} logical cores), CPU only, f32; {:.1} h of training steps, {:.0} tokens/s on average |\n\n\
-         ## Validation (nats/token, held-out files: ~{:.0} % of files, split by file)\n\n\
-         | model | loss |\n|---|---|\n\
-         | this decoder | {val_line} |\n\
-         | bigram baseline, same windows | {bigram:.4} |\n\n\
-         Measured at export on {val_tokens} target tokens, in bar-aligned windows of {} tokens spread\n\
-         over each piece, at least one from every validation file and at least {} in all (the run's\n\
-         periodic validation in `metrics.jsonl` uses fewer). The decoder is {:.2} nats/token below\n\
-         the bigram.\n\n\
-         {notes}## Reproduce\n\n```sh\n{command}\n\
-         cargo run --release -p xtask -- train export {} --out {} --f16\n```\n\n\
-         The data folders are the corpus described below (`../shared/corpus/` in the development\n\
-         setup); the run is deterministic for a given seed, bit for bit, whatever the thread count\n\
-         (`RAYON_NUM_THREADS` changes the speed only), and across `--resume`.\n\n\
-         ## Data and licences\n\n\
-         Trained on every MIDI file under: {}. The weights are derived from these works; keep the\n\
-         attribution below with them. Per-folder licence files are copied beside this card: {}.\n{}",
-        cfg.model.num_tokens,
-        d.depth,
-        d.dim,
-        d.heads,
-        d.attn_dim_head,
-        d.ff_mult,
-        done.parameters,
-        cfg.seq,
-        if args.f16 { "f16" } else { "f32" },
-        done.decoder_bytes as f64 / 1e6,
-        state.step,
-        cfg.steps,
-        state.tokens_seen,
-        cfg.batch,
-        cfg.seq,
-        if cfg.accum > 1 {
-            format!(", {} micro-batches per step", cfg.accum)
-        } else {
-            String::new()
-        },
-        cfg.adamw.beta1,
-        cfg.adamw.beta2,
-        cfg.adamw.weight_decay,
-        cfg.schedule.peak,
-        cfg.schedule.warmup,
-        cfg.schedule.min_ratio,
-        cfg.clip,
-        if cfg.transpose {
-            "random transposition of each window (up to ±7 semitones, kept in range)"
-        } else {
-            "none"
-        },
-        cpu_name(),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        state.train_seconds / 3600.0,
-        state.tokens_seen as f64 / state.train_seconds.max(1e-9),
-        100.0 * cfg.val_fraction,
-        cfg.seq,
-        cfg.val_windows,
-        bigram - val,
-        args.run.display(),
-        args.out.display(),
-        cfg.data
-            .iter()
-            .map(|d| format!("`{}`", d.display()))
-            .collect::<Vec<_>>()
-            .join(", "),
-        if copied.is_empty() {
-            "none found".to_string()
-        } else {
-            copied
-                .iter()
-                .map(|c| format!("`{c}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        },
-        notices(&cfg.data),
-    ))
 }

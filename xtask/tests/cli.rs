@@ -9,7 +9,7 @@ use std::process::Output;
 
 use engine::midi::Score;
 
-fn temp_dir(tag: &str) -> PathBuf {
+fn temp_dir(tag: &str) -> tempfile::TempDir {
     common::temp_dir("cli", tag)
 }
 
@@ -69,7 +69,8 @@ fn tokenize_prints_miditok_ids_as_one_json_line() {
 /// nats/token; an untrained model scores about that).
 #[test]
 fn the_default_model_continues_and_scores_an_example_with_no_other_step() {
-    let dir = temp_dir("default-model");
+    let scratch = temp_dir("default-model");
+    let dir = scratch.path();
     let out_path = dir.join("out.mid");
     let out = xtask(&["continue", &example(), "-o", out_path.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -99,7 +100,6 @@ fn the_default_model_continues_and_scores_an_example_with_no_other_step() {
         .and_then(|(v, _)| v.parse().ok())
         .unwrap_or_else(|| panic!("no nats/token in: {stdout}"));
     assert!(nats < 3.0, "the default model scores {nats} nats/token");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// The corpus piece (one meter throughout) with the most notes per bar, when the shared corpus
@@ -142,7 +142,8 @@ fn the_default_model_writes_64_full_bars_after_the_densest_corpus_piece() {
         eprintln!("skipped: no shared corpus next to the repository");
         return;
     };
-    let dir = temp_dir("long");
+    let scratch = temp_dir("long");
+    let dir = scratch.path();
     let out_path = dir.join("long.mid");
     let out = xtask(&[
         "continue",
@@ -185,12 +186,12 @@ fn the_default_model_writes_64_full_bars_after_the_densest_corpus_piece() {
     );
     // The file ends on the continuation's last bar line.
     assert_eq!(written.end.0, start + 64 * bar);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn continue_writes_prime_and_continuation_tracks() {
-    let dir = temp_dir("continue");
+    let scratch = temp_dir("continue");
+    let dir = scratch.path();
     let out_path = dir.join("out.mid");
     let out = xtask(&[
         "continue",
@@ -253,12 +254,12 @@ fn continue_writes_prime_and_continuation_tracks() {
             .len(),
         2
     );
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn steering_flags_lock_the_key_found_in_the_prime_and_the_range() {
-    let dir = temp_dir("steering");
+    let scratch = temp_dir("steering");
+    let dir = scratch.path();
     let out_path = dir.join("steered.mid");
     let out = xtask(&[
         "continue",
@@ -298,12 +299,12 @@ fn steering_flags_lock_the_key_found_in_the_prime_and_the_range() {
             "{n} ({key})"
         );
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn variations_write_numbered_files() {
-    let dir = temp_dir("variations");
+    let scratch = temp_dir("variations");
+    let dir = scratch.path();
     let out_path = dir.join("take.mid");
     let out = xtask(&[
         "continue",
@@ -331,12 +332,12 @@ fn variations_write_numbered_files() {
         );
     }
     assert!(!out_path.exists());
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn bad_input_gets_one_clear_error_line() {
-    let dir = temp_dir("bad");
+    let scratch = temp_dir("bad");
+    let dir = scratch.path();
     let out = dir.join("out.mid");
     let out = out.to_str().unwrap();
     let model = tiny_model();
@@ -483,5 +484,4 @@ fn bad_input_gets_one_clear_error_line() {
         "tokenizer",
     );
     assert!(!Path::new(out).exists(), "a failed run left an output file");
-    std::fs::remove_dir_all(dir).ok();
 }

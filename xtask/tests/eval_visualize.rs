@@ -15,7 +15,7 @@ use engine::midi::Score;
 use engine::models::model_dir::save_safetensors;
 use engine::models::{Adapter, AdapterConfig, Decoder, ModelConfig};
 
-fn temp_dir(tag: &str) -> PathBuf {
+fn temp_dir(tag: &str) -> tempfile::TempDir {
     common::temp_dir("eval", tag)
 }
 
@@ -60,9 +60,10 @@ fn random_model(dir: &Path, adapter: bool) {
     }
 }
 
-/// The two example primes and the tokenizer fixtures, plus one file that is not MIDI.
-fn data_dir(tag: &str) -> PathBuf {
-    let dir = temp_dir(tag).join("data");
+/// The two example primes and the tokenizer fixtures, plus one file that is not MIDI, in a
+/// `data` folder inside the test's scratch folder `tmp`.
+fn data_dir(tmp: &Path) -> PathBuf {
+    let dir = tmp.join("data");
     std::fs::create_dir_all(&dir).unwrap();
     for folder in ["assets/examples", "engine/tests/data/tokenizer/midi"] {
         for entry in std::fs::read_dir(root().join(folder)).unwrap() {
@@ -80,8 +81,9 @@ fn stderr(out: &Output) -> String {
 
 #[test]
 fn eval_compares_every_system_on_the_same_windows_and_writes_json() {
-    let tmp = temp_dir("json");
-    let data = data_dir("json-data");
+    let scratch = temp_dir("json");
+    let tmp = scratch.path();
+    let data = data_dir(tmp);
     let model = tmp.join("model");
     random_model(&model, true);
     let json = tmp.join("eval.json");
@@ -171,7 +173,8 @@ fn eval_compares_every_system_on_the_same_windows_and_writes_json() {
 
 #[test]
 fn eval_without_an_adapter_says_the_model_is_the_decoder() {
-    let tmp = temp_dir("noadapter");
+    let scratch = temp_dir("noadapter");
+    let tmp = scratch.path();
     let model = tmp.join("model");
     random_model(&model, false);
     let example = root().join("assets/examples/pop_4_4.mid");
@@ -199,7 +202,8 @@ fn eval_without_an_adapter_says_the_model_is_the_decoder() {
 
 #[test]
 fn eval_refuses_folders_without_readable_midi_with_one_clear_error() {
-    let tmp = temp_dir("errors");
+    let scratch = temp_dir("errors");
+    let tmp = scratch.path();
     let model = tmp.join("model");
     random_model(&model, false);
     let empty = tmp.join("empty");
@@ -240,7 +244,8 @@ fn eval_refuses_folders_without_readable_midi_with_one_clear_error() {
 
 #[test]
 fn visualize_writes_a_site_with_pages_and_midi_and_it_plays_in_chromium() {
-    let tmp = temp_dir("site");
+    let scratch = temp_dir("site");
+    let tmp = scratch.path();
     let model = tmp.join("model");
     random_model(&model, false);
     let site = tmp.join("site");

@@ -20,11 +20,11 @@ pub fn xtask(args: &[&str]) -> Output {
         .expect("the xtask binary runs")
 }
 
-/// An empty scratch folder named for the test file (`group`) and the test (`tag`).
-pub fn temp_dir(group: &str, tag: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("continuator-{group}-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh, empty scratch folder named for the test file (`group`) and the test (`tag`), removed
+/// when dropped (also when the test panics).
+pub fn temp_dir(group: &str, tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("continuator-{group}-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
