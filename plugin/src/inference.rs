@@ -18,7 +18,7 @@ use rtrb::{Consumer, Producer};
 use crate::capture::CapturedNote;
 use crate::continuer::{ContinueError, ContinueRequest, Continuer};
 use crate::memory::PlayingMemory;
-use crate::params::{Mode, SavedNote, Start};
+use crate::params::{Mode, SavedNote, StartParam};
 use crate::phrase::Phrase;
 use crate::scheduler::ScheduledNote;
 use crate::shared::{Counters, Shared, TakeId, TransportView, NO_TAKE};
@@ -33,7 +33,7 @@ pub struct Knobs {
     pub temperature: f32,
     pub top_p: f32,
     pub variations: u32,
-    pub start: Start,
+    pub start: StartParam,
     /// In Auto mode, the pause after which the continuation comes.
     pub auto_silence: Beats,
     pub steering: Steering,
@@ -50,7 +50,7 @@ impl Default for Knobs {
             temperature: 1.0,
             top_p: 0.95,
             variations: 4,
-            start: Start::NextBar,
+            start: StartParam::NextBar,
             auto_silence: Beats(1.0),
             steering: Steering::default(),
             clear_memory: false,
@@ -266,11 +266,11 @@ impl Inference {
         // Where the continuation starts on the timeline, and the first bar of the prime.
         let (start, first_bar) = match ask {
             Ask::Trigger(at) => match knobs.start {
-                Start::NextBar => {
+                StartParam::NextBar => {
                     let start = sig.next_bar_line(at);
                     (start, sig.bar_index(start) - i64::from(listen))
                 }
-                Start::Now => {
+                StartParam::Now => {
                     // The first grid position at or after the trigger.
                     let ticks = (at.0 * f64::from(GridTicks::PER_QUARTER) - 1e-6).ceil() as i64;
                     let start = GridTicks(ticks).to_quarters();

@@ -23,9 +23,11 @@ pub enum Mode {
     Auto,
 }
 
-/// Where a manual continuation starts.
+/// The Start parameter: where a manual continuation starts. The same choice as the engine's
+/// [`engine::generation::Start`] makes for a file's prime; here the inference thread turns it
+/// into a position on the host's timeline (the engine is then told to start exactly there).
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Start {
+pub enum StartParam {
     #[id = "next-bar"]
     #[name = "Next bar"]
     NextBar,
@@ -84,7 +86,7 @@ pub struct ContinuatorParams {
     #[id = "out-channel"]
     pub output_channel: IntParam,
     #[id = "start"]
-    pub start: EnumParam<Start>,
+    pub start: EnumParam<StartParam>,
     #[id = "trigger-source"]
     pub trigger_source: EnumParam<TriggerSource>,
     /// The note number or controller number the trigger source listens to.
@@ -197,7 +199,7 @@ impl Default for ContinuatorParams {
                 1,
                 IntRange::Linear { min: 1, max: 16 },
             ),
-            start: EnumParam::new("Start", Start::NextBar),
+            start: EnumParam::new("Start", StartParam::NextBar),
             trigger_source: EnumParam::new("Trigger source", TriggerSource::Off),
             trigger_number: IntParam::new(
                 "Trigger number",

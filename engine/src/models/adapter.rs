@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::blocks::{default_attn_dim_head, default_ff_mult};
 use super::blocks::{AttentionLayers, Kernels, Linear, StackConfig};
 use super::decoder::{validate_shape, Decoder};
-use super::error::ConfigError;
+use super::error::ModelConfigError;
 use super::kv_cache::KvCache;
 
 fn default_depth() -> usize {
@@ -96,7 +96,7 @@ impl AdapterConfig {
         self.rotary_emb_dim.unwrap_or(self.attn_dim_head / 2)
     }
 
-    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
+    pub fn validate(&self) -> std::result::Result<(), ModelConfigError> {
         validate_shape(
             "adapter",
             self.dim,

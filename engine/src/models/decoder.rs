@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::blocks::{
     default_attn_dim_head, default_ff_mult, AttentionLayers, Kernels, Linear, StackConfig, W_INIT,
 };
-use super::error::ConfigError;
+use super::error::ModelConfigError;
 use super::kv_cache::KvCache;
 
 /// The `Decoder(...)` arguments of the x-transformers model, under x-transformers' own names.
@@ -92,12 +92,12 @@ impl DecoderConfig {
     }
 
     /// Refuses option values the engine does not implement, naming the key.
-    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
+    pub fn validate(&self) -> std::result::Result<(), ModelConfigError> {
         if !self.ff_glu {
-            return Err(ConfigError::NoGlu);
+            return Err(ModelConfigError::NoGlu);
         }
         if !self.rotary_pos_emb {
-            return Err(ConfigError::NoRotary);
+            return Err(ModelConfigError::NoRotary);
         }
         validate_shape(
             "decoder",
@@ -135,12 +135,12 @@ pub(crate) fn validate_shape(
     dim_head: usize,
     ff_mult: usize,
     rot_dim: usize,
-) -> std::result::Result<(), ConfigError> {
+) -> std::result::Result<(), ModelConfigError> {
     if dim == 0 || depth == 0 || heads == 0 || dim_head == 0 || ff_mult == 0 {
-        return Err(ConfigError::EmptyShape { network });
+        return Err(ModelConfigError::EmptyShape { network });
     }
     if rot_dim == 0 || !rot_dim.is_multiple_of(2) || rot_dim > dim_head {
-        return Err(ConfigError::RotaryDim {
+        return Err(ModelConfigError::RotaryDim {
             network,
             rot_dim,
             dim_head,

@@ -26,7 +26,7 @@ use super::blocks::{
     Kernels, Linear, StackConfig, W_INIT,
 };
 use super::decoder::validate_shape;
-use super::error::ConfigError;
+use super::error::ModelConfigError;
 
 fn d_depth() -> usize {
     6
@@ -123,7 +123,7 @@ impl DiscriminatorConfig {
         self.rotary_emb_dim.unwrap_or(self.attn_dim_head / 2)
     }
 
-    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
+    pub fn validate(&self) -> std::result::Result<(), ModelConfigError> {
         validate_shape(
             "discriminator",
             self.dim,
@@ -134,7 +134,7 @@ impl DiscriminatorConfig {
             self.rot_dim(),
         )?;
         if self.prime_depth == 0 || self.order_depth == 0 {
-            return Err(ConfigError::DiscriminatorDepth);
+            return Err(ModelConfigError::DiscriminatorDepth);
         }
         Ok(())
     }

@@ -68,7 +68,7 @@ pub enum Error {
 /// [`super::DecoderConfig`], [`super::AdapterConfig`] and [`super::DiscriminatorConfig`]
 /// refuse. Each message names the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
+pub enum ModelConfigError {
     #[error("num_tokens must be positive")]
     NoTokens,
     #[error("max_seq_len = {0} is too short (at least 2)")]

@@ -42,7 +42,7 @@ pub use decoder::{Decoder, DecoderConfig};
 pub use discriminator::{
     Discriminator, DiscriminatorBatch, DiscriminatorConfig, DiscriminatorOutput,
 };
-pub use error::{ConfigError, Error, Result};
+pub use error::{Error, ModelConfigError, Result};
 pub use kv_cache::KvCache;
 pub use model_dir::{LoadOptions, Model, ModelCache, ModelConfig, ModelFiles, Precision};
 pub use score::{mean_nll, NllScore};

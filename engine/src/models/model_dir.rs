@@ -38,8 +38,8 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Adapter, AdapterConfig, ConfigError, Decoder, DecoderConfig, Discriminator,
-    DiscriminatorConfig, Error, KvCache, Result,
+    Adapter, AdapterConfig, Decoder, DecoderConfig, Discriminator, DiscriminatorConfig, Error,
+    KvCache, ModelConfigError, Result,
 };
 use crate::tokenizer::Tokenizer;
 
@@ -132,12 +132,12 @@ impl ModelConfig {
     }
 
     /// Refuses values the engine does not implement.
-    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
+    pub fn validate(&self) -> std::result::Result<(), ModelConfigError> {
         if self.num_tokens == 0 {
-            return Err(ConfigError::NoTokens);
+            return Err(ModelConfigError::NoTokens);
         }
         if self.max_seq_len < 2 {
-            return Err(ConfigError::MaxSeqLenTooShort(self.max_seq_len));
+            return Err(ModelConfigError::MaxSeqLenTooShort(self.max_seq_len));
         }
         self.decoder.validate()?;
         if let Some(a) = &self.adapter {
@@ -148,7 +148,7 @@ impl ModelConfig {
             if d.bar_token_id as usize >= self.num_tokens
                 || d.pad_token_id as usize >= self.num_tokens
             {
-                return Err(ConfigError::SpecialTokenOutOfRange {
+                return Err(ModelConfigError::SpecialTokenOutOfRange {
                     num_tokens: self.num_tokens,
                 });
             }

@@ -62,7 +62,7 @@ pub(crate) fn attention(
     xq.contiguous()?.apply_op3(
         &xk.contiguous()?,
         &xv.contiguous()?,
-        Attention {
+        AttentionOp {
             out,
             q,
             k,
@@ -77,7 +77,7 @@ pub(crate) fn attention(
 /// The graph node of [`attention`]: the output, computed before the node was made, and what
 /// the backward needs (all detached, in `(b, heads, t, d)` layout; `q` rotated and scaled, `k`
 /// rotated, `p` the attention weights).
-struct Attention {
+struct AttentionOp {
     out: Tensor,
     q: Tensor,
     k: Tensor,
@@ -87,7 +87,7 @@ struct Attention {
     scale: f64,
 }
 
-impl CustomOp3 for Attention {
+impl CustomOp3 for AttentionOp {
     fn name(&self) -> &'static str {
         "fused-attention"
     }
