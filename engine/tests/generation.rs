@@ -8,7 +8,8 @@ use std::sync::atomic::AtomicBool;
 
 use common::example;
 use engine::generation::{
-    Continuation, GenerationError, Generator, Settings, Start, StreamedNote, MAX_BARS,
+    Continuation, GenerationError, GenerationStats, Generator, Prime, Settings, Start,
+    StreamedNote, MAX_BARS,
 };
 use engine::midi::Score;
 use engine::models::Model;
@@ -41,6 +42,22 @@ fn check(
         assert!(n.duration.0 > 0 && n.velocity > 0, "{n}");
     }
     notes.len()
+}
+
+/// Generates, keeping every streamed note too.
+fn generate_streamed(
+    generator: &Generator<'_>,
+    prime: &Prime,
+    settings: &Settings,
+) -> (Vec<Continuation>, GenerationStats, Vec<StreamedNote>) {
+    let mut streamed = Vec::new();
+    let (continuations, stats) = generator
+        .generate(prime, settings, None, |n| {
+            streamed.push(*n);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    (continuations, stats, streamed)
 }
 
 /// Each variation's streamed notes are its returned notes, in the same order, onsets rising.
@@ -145,13 +162,7 @@ fn streaming_yields_the_returned_notes_in_order() {
         ..Settings::default()
     };
     let prime = generator.prime(&score, Some(3), &settings).unwrap();
-    let mut streamed: Vec<StreamedNote> = Vec::new();
-    let (continuations, stats) = generator
-        .generate(&prime, &settings, None, |n| {
-            streamed.push(*n);
-            ControlFlow::Continue(())
-        })
-        .unwrap();
+    let (continuations, stats, streamed) = generate_streamed(&generator, &prime, &settings);
     assert_streamed_as_returned(&streamed, &continuations);
     assert!(stats.first_note.is_some() || streamed.is_empty());
 }
@@ -534,13 +545,7 @@ fn continuations_slide_past_the_context_and_keep_every_bar() {
     };
     let prime = generator.prime(&score, None, &settings).unwrap();
     assert!(prime.ids().len() <= generator.prime_budget() + 2);
-    let mut streamed: Vec<StreamedNote> = Vec::new();
-    let (continuations, stats) = generator
-        .generate(&prime, &settings, None, |n| {
-            streamed.push(*n);
-            ControlFlow::Continue(())
-        })
-        .unwrap();
+    let (continuations, stats, streamed) = generate_streamed(&generator, &prime, &settings);
     assert!(stats.slides >= 3, "{} slides", stats.slides);
     assert_eq!(continuations.len(), 3, "no variation left behind");
     let bar = 4 * 24;
