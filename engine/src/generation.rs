@@ -358,6 +358,13 @@ impl Prime {
                 break;
             }
         }
+        // Many empty bars walked (a long rest before the start) can overfill the context: the
+        // model then hears the last of them, while the timeline (decoder, grammar) is unchanged.
+        if prime_ids.len() > budget {
+            let mut body = prime_ids.split_off(1);
+            drop_oldest_bars(&mut body, tok.bar_id(), budget - 1);
+            prime_ids.extend_from_slice(&body);
+        }
         let step = decoder.ticks_per_position().0.max(1);
         let min_position = (start - bar_start).0.div_ceil(step);
         state.require_position_at_least(min_position as u16);

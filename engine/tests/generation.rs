@@ -521,6 +521,21 @@ fn a_prime_ending_with_a_rest_is_answered_on_the_next_bar_line_unless_asked_now(
         score.end = Ticks(5 * bar * 20);
         let prime = generator.prime(&score, None, &Settings::default()).unwrap();
         assert_eq!(prime.start(), Ticks(5 * bar), "{num}/{den}");
+        // Hundreds of silent bars after the notes: the start is still after them, and what the
+        // model hears fits its context.
+        let short = common::tiny_model(96);
+        let short = Generator::new(&short).unwrap();
+        score.end = Ticks(400 * bar * 20);
+        let prime = short.prime(&score, None, &Settings::default()).unwrap();
+        assert_eq!(prime.start(), Ticks(400 * bar), "{num}/{den}");
+        assert!(prime.ids().len() <= short.prime_budget());
+        let (c, _) = short
+            .generate(&prime, &Settings::default(), None, |_| {
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(c[0].length, Ticks(4 * bar));
+        assert!(c[0].notes.iter().all(|n| n.start < c[0].length));
     }
 }
 
