@@ -4,10 +4,13 @@
 //!
 //! - **Faithfulness** mixes the model's next-token distribution with a variable-order Markov
 //!   model of the musician's own tokens ([`PhraseMemory`], after Pachet's Continuator):
-//!   `p = (1 − f)·p_model + f·p_memory`, after temperature and before top-p. Where the memory
-//!   has nothing to say (no context matches, or what followed is not allowed here) the model
-//!   speaks alone, so `f = 1` follows the player's statistics as far as they reach and no
-//!   further. `f = 0` never touches the distribution: the output is the model's, bit for bit.
+//!   `p = (1 − f)·p_model + f·p_memory`, after temperature and before top-p. The memory answers
+//!   from the longest context that matches the end of what was played, reaching back at least
+//!   to the current note's onset (so it speaks from the same place in the bar). Where no such
+//!   context matches, it falls back to a reduced viewpoint, as Pachet's does: the model's pitch
+//!   distribution is tilted towards the player's pitch classes, `p ∝ p_model · share^f`. So
+//!   `f = 1` follows the player's statistics as far as they reach, and the model fills in the
+//!   rest. `f = 0` never touches the distribution: the output is the model's, bit for bit.
 //! - **Key** masks pitch tokens outside the scale ([`Key::contains`]: major, or minor with its
 //!   leading tone). `auto` takes the prime's key (Krumhansl–Kessler on duration-weighted pitch
 //!   classes).
