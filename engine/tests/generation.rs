@@ -578,6 +578,18 @@ fn continuations_slide_past_the_context_and_keep_every_bar() {
     }
     // What streamed is what was returned, across the slides.
     assert_streamed_as_returned(&streamed, &continuations);
+    // Stopping after the slides have begun still stops, with nothing returned.
+    let mut seen = 0;
+    let stopped = generator.generate(&prime, &settings, None, |_| {
+        seen += 1;
+        if seen == 40 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    assert!(matches!(stopped, Err(GenerationError::Cancelled)));
+    assert_eq!(seen, 40);
     // The same seed gives the same batch, slides and all.
     let (again, _) = generator
         .generate(&prime, &settings, None, |_| ControlFlow::Continue(()))
