@@ -8,11 +8,14 @@
 //! rhythm (`Position`), pitch, velocity and duration at once, and can be mixed with the model's
 //! next-token distribution at every step.
 //!
-//! Lookup is one pass over the memory: for every place the memory could continue from, the
-//! length of the match between what precedes it and the end of the history is counted
-//! backwards, and the places with the longest match (up to `max_order`) vote for their next
-//! token. Most places fail at the first comparison, so a step costs about one read of the
-//! memory: microseconds for a prime, well under the model's step for the bounded playing memory.
+//! Lookup visits only the places that follow the history's last token (an index from each token
+//! to the places after it, rebuilt when sequences are remembered): for each, the length of the
+//! match between what precedes it and the end of the history is counted backwards, and the
+//! places with the longest match (up to `max_order`) vote for their next token. A step thus
+//! reads a small part of the memory, even of a full playing memory: microseconds against the
+//! model's step.
+
+use std::collections::HashMap;
 
 use crate::tokenizer::TokenId;
 
@@ -38,6 +41,9 @@ pub struct PhraseMemory {
     tokens: Vec<TokenId>,
     max_order: usize,
     capacity: usize,
+    /// For each token, the places `i` (in order) with `tokens[i - 1]` that token and
+    /// `tokens[i]` a token (not a separator): where the memory can continue after it.
+    after: HashMap<TokenId, Vec<usize>>,
 }
 
 impl Default for PhraseMemory {
@@ -54,6 +60,7 @@ impl PhraseMemory {
             tokens: Vec::new(),
             max_order: max_order.max(1),
             capacity: capacity.max(1),
+            after: HashMap::new(),
         }
     }
 
@@ -71,11 +78,19 @@ impl PhraseMemory {
             let cut = self.tokens.len() - self.capacity;
             self.tokens.drain(..cut);
         }
+        self.after.clear();
+        for next in 1..self.tokens.len() {
+            let (before, follower) = (self.tokens[next - 1], self.tokens[next]);
+            if before != SEPARATOR && follower != SEPARATOR {
+                self.after.entry(before).or_default().push(next);
+            }
+        }
     }
 
     /// Forgets everything.
     pub fn clear(&mut self) {
         self.tokens.clear();
+        self.after.clear();
     }
 
     /// Tokens remembered (separators included).
@@ -115,12 +130,12 @@ impl PhraseMemory {
         if order == 0 {
             return 0;
         }
+        let Some(places) = self.after.get(&history[history.len() - 1]) else {
+            return 0;
+        };
         let mut best = 0usize;
-        for next in 1..self.tokens.len() {
+        for &next in places {
             let follower = self.tokens[next];
-            if follower == SEPARATOR {
-                continue;
-            }
             let mut m = 0;
             while m < order
                 && m < next
