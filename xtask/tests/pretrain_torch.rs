@@ -5,38 +5,12 @@
 //! Skipped (with a message) where Python lacks torch, x-transformers, safetensors or numpy:
 //! CI does not install them.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::process::Command;
+
+use common::{root, s, text, xtask_one_thread as xtask};
 use engine::midi::Score;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .current_dir(root())
-        .env("RAYON_NUM_THREADS", "1")
-        .output()
-        .expect("the xtask binary runs")
-}
 
 /// Why the Python side cannot run here, if it cannot.
 fn python_missing() -> Option<String> {

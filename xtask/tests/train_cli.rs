@@ -1,8 +1,11 @@
 //! The `train` command line end to end on tiny data: a clear error for a folder without MIDI,
 //! train → Ctrl-C → `--resume` → `plot` → `train export` → `score` on the exported directory.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
+
+use std::process::Command;
+
+use common::{s, text, xtask_one_thread as xtask};
 
 const MIDI: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -13,32 +16,9 @@ const EXAMPLE: &str = concat!(
     "/../assets/examples/pop_4_4.mid"
 );
 
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "1")
-        .output()
-        .expect("xtask runs")
-}
-
 /// A fresh, empty temporary folder for one test, removed when dropped (also on panic).
 fn temp(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("continuator-cli-{name}-"))
-        .tempdir()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    common::temp_dir("train-cli", name)
 }
 
 #[test]
