@@ -48,13 +48,7 @@ impl Sampler {
         }
         // Most likely first; equal logits in id order, so a seed always gives the same draw.
         self.sort();
-        let max = self.scratch[0].0;
-        let inv_t = 1.0 / temperature;
-        let mut total = 0.0f32;
-        for entry in &mut self.scratch {
-            entry.0 = ((entry.0 - max) * inv_t).exp();
-            total += entry.0;
-        }
+        let total = self.exponentiate(self.scratch[0].0, temperature);
         Some(self.draw_nucleus(top_p.clamp(0.0, 1.0) * total, rng))
     }
 
@@ -102,12 +96,7 @@ impl Sampler {
                 .iter()
                 .map(|e| e.0)
                 .fold(f32::NEG_INFINITY, f32::max);
-            let inv_t = 1.0 / temperature;
-            let mut total = 0.0f32;
-            for entry in &mut self.scratch {
-                entry.0 = ((entry.0 - max) * inv_t).exp();
-                total += entry.0;
-            }
+            let total = self.exponentiate(max, temperature);
             for entry in &mut self.scratch {
                 entry.0 /= total;
             }
@@ -142,6 +131,18 @@ impl Sampler {
             }
         }
         !self.scratch.is_empty()
+    }
+
+    /// Replaces the scratch's logits by `exp((logit − max) / temperature)`, unnormalised, and
+    /// returns their sum.
+    fn exponentiate(&mut self, max: f32, temperature: f32) -> f32 {
+        let inv_t = 1.0 / temperature;
+        let mut total = 0.0f32;
+        for entry in &mut self.scratch {
+            entry.0 = ((entry.0 - max) * inv_t).exp();
+            total += entry.0;
+        }
+        total
     }
 
     /// Index of the highest value in the scratch, the lowest id among equals.
