@@ -13,6 +13,7 @@ pub mod key;
 pub mod metrics;
 pub mod midi;
 pub mod models;
+pub mod rerank;
 pub mod sampling;
 pub mod steering;
 pub mod time;

@@ -1,6 +1,7 @@
 //! `cargo xtask continue IN.mid -o OUT.mid [--bars 4] [--prime-bars N] [--temperature 1.0]
 //! [--top-p 0.95] [--seed S] [--variations K] [--start next-bar|now] [--model DIR]
-//! [--adapter FILE] [--only-continuation]`: the system's main job, from a MIDI file to its continuation.
+//! [--adapter FILE|none] [--rerank K] [--only-continuation]`: the system's main job, from a MIDI file
+//! to its continuation.
 
 use std::io::{IsTerminal, Write};
 use std::ops::ControlFlow;
@@ -47,9 +48,19 @@ pub struct Args {
     /// A model directory (default: the embedded model in assets/model).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// A style adapter file (default: the model directory's adapter.safetensors, if any).
+    /// A style adapter file, or `none` for the decoder alone (default: the model directory's
+    /// adapter.safetensors, if any).
     #[arg(long)]
-    adapter: Option<PathBuf>,
+    adapter: Option<String>,
+    /// Generate K candidates and keep the one the discriminator scores highest (needs the
+    /// discriminator trained with the adapter: ADAPTER.discriminator.safetensors next to
+    /// --adapter FILE, or discriminator.safetensors in the model directory).
+    #[arg(long)]
+    rerank: Option<usize>,
+    /// Bars of the prime the discriminator judges with when reranking (the --prime-bars it
+    /// was trained with).
+    #[arg(long, default_value_t = 4)]
+    rerank_prime_bars: usize,
     /// Write the continuation alone, without the prime.
     #[arg(long)]
     only_continuation: bool,
@@ -132,12 +143,20 @@ pub fn default_model_dir() -> PathBuf {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let rerank = match args.rerank {
+        None | Some(1) => None,
+        Some(0) => bail!("--rerank must be at least 1"),
+        Some(k) if args.variations > 1 => {
+            bail!("--rerank {k} keeps one continuation; it cannot be combined with --variations")
+        }
+        Some(k) => Some(k),
+    };
     let settings = Settings {
         bars: args.bars,
         temperature: args.temperature,
         top_p: args.top_p,
         seed: args.seed,
-        variations: args.variations,
+        variations: rerank.unwrap_or(args.variations),
         start: args.start.into(),
         steering: args.steering.steering()?,
     };
@@ -157,14 +176,41 @@ pub fn run(args: Args) -> Result<()> {
             model_dir.display()
         );
     }
+    let adapter = match args.adapter.as_deref() {
+        None => Adapter::FromModel,
+        Some(a) if a.eq_ignore_ascii_case("none") => Adapter::Off,
+        Some(a) => Adapter::File(PathBuf::from(a)),
+    };
     let opts = LoadOptions {
         precision: args.precision,
-        adapter: args.adapter.is_none(),
+        adapter: adapter == Adapter::FromModel,
         ..LoadOptions::default()
     };
     let mut model = Model::load(&model_dir, &opts)?;
-    if let Some(adapter) = &args.adapter {
-        model.load_adapter(adapter, &opts)?;
+    if let Adapter::File(file) = &adapter {
+        model.load_adapter(file, &opts)?;
+    }
+    if rerank.is_some() {
+        let beside = match &adapter {
+            Adapter::File(file) => {
+                Some(engine::training::scst::companion_discriminator(file)).filter(|f| f.exists())
+            }
+            _ => None,
+        };
+        let file =
+            beside.unwrap_or_else(|| model_dir.join(engine::models::model_dir::DISCRIMINATOR_FILE));
+        if !file.exists() {
+            bail!(
+                "--rerank needs a discriminator: {} does not exist (train one with `cargo xtask train adapter`)",
+                file.display()
+            );
+        }
+        // The discriminator runs in full precision whatever --precision says.
+        let disc_opts = LoadOptions {
+            precision: Precision::F32,
+            ..opts.clone()
+        };
+        model.load_discriminator(&file, &disc_opts)?;
     }
     let generator = Generator::new(&model)?;
     let prime = generator
@@ -195,6 +241,25 @@ pub fn run(args: Args) -> Result<()> {
     if live {
         let _ = writeln!(stderr);
     }
+    let continuations = match rerank {
+        Some(k) => {
+            let scores =
+                engine::rerank::scores(&model, &prime, &continuations, args.rerank_prime_bars)?;
+            let best = engine::rerank::best(&scores).expect("at least one candidate");
+            eprintln!(
+                "rerank: kept candidate {} of {k} (discriminator P(real) {:.3}; candidates {})",
+                best + 1,
+                scores[best],
+                scores
+                    .iter()
+                    .map(|s| format!("{s:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            vec![continuations[best].clone()]
+        }
+        None => continuations,
+    };
 
     let quarters = continuations[0]
         .length
@@ -238,6 +303,16 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Which adapter `continue` uses (`--adapter`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Adapter {
+    /// The model directory's own `adapter.safetensors`, when it has one.
+    FromModel,
+    /// The decoder alone.
+    Off,
+    File(PathBuf),
 }
 
 /// `out.mid` → `out-3.mid`.

@@ -1,9 +1,12 @@
 //! `cargo xtask plot runs/NAME [--out FILE.png]`: the run's loss curves (training loss, its
 //! moving average, validation loss, and the bigram baseline as a horizontal line) drawn from
-//! `metrics.jsonl` with plotters.
+//! `metrics.jsonl` with plotters. For an adapter run (`adapters/NAME.run`) it draws rewards,
+//! accuracy, KL and the guards instead ([`adapter`]).
 //!
 //! plotters is built without its system-font backend (which needs fontconfig and freetype at
 //! build time); text is rendered with ab_glyph from a TrueType font found on the system.
+
+mod adapter;
 
 use std::path::PathBuf;
 
@@ -15,7 +18,7 @@ use plotters::prelude::*;
 pub struct Args {
     /// The run folder.
     run: PathBuf,
-    /// Where to write the PNG (default: RUN/loss.png).
+    /// Where to write the PNG (default: RUN/loss.png; RUN/adapter.png for an adapter run).
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -48,6 +51,13 @@ pub fn run(args: Args) -> Result<()> {
     let path = args.run.join(METRICS_FILE);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
+    if adapter::is_adapter_run(&text) {
+        register_font()?;
+        let out = args.out.unwrap_or_else(|| args.run.join("adapter.png"));
+        adapter::draw(&text, &path, &args.run, &out)?;
+        println!("wrote {}", out.display());
+        return Ok(());
+    }
     let (mut train, mut val) = (Vec::new(), Vec::new());
     for line in text.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {

@@ -6,6 +6,7 @@
 //! (indicatif on a terminal, log lines otherwise, so `nohup` logs stay readable), turns Ctrl-C
 //! into a clean checkpoint, and writes the model card on export ([`model_card`]).
 
+mod adapter;
 mod model_card;
 
 use std::io::IsTerminal;
@@ -37,6 +38,9 @@ pub enum Command {
     /// Write a model directory (and MODEL_CARD.md, quoting the run's NOTES.md if any) from a
     /// run's latest checkpoint.
     Export(ExportArgs),
+    /// Train a style adapter by SCST against a discriminator, the decoder frozen (resumable;
+    /// Ctrl-C checkpoints).
+    Adapter(adapter::AdapterArgs),
 }
 
 #[derive(clap::Args)]
@@ -111,6 +115,7 @@ pub fn run(command: Command) -> Result<()> {
     match command {
         Command::Decoder(args) => decoder(args),
         Command::Export(args) => export(args),
+        Command::Adapter(args) => adapter::adapter(args),
     }
 }
 

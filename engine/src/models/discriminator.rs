@@ -371,6 +371,32 @@ impl Discriminator {
         batch: &DiscriminatorBatch,
         kernels: Kernels,
     ) -> Result<DiscriminatorOutput> {
+        let x = self.token_emb.forward(&batch.continuation)?;
+        self.forward_embedded(batch, &x, kernels)
+    }
+
+    /// Scores a batch whose continuation tokens are given as weights over the vocabulary,
+    /// `(b, t, num_tokens)`, instead of ids: each position's embedding is the weighted sum of
+    /// token embeddings. One-hot weights give exactly [`Discriminator::forward`]; weights that
+    /// carry a generator's probabilities (straight-through, or its expected token) let a
+    /// gradient reach the generator through the sampled tokens, which ids cannot (feature
+    /// matching in training). `batch.continuation` is then used only for its shape and masks.
+    pub fn forward_relaxed(
+        &self,
+        batch: &DiscriminatorBatch,
+        weights: &Tensor,
+        kernels: Kernels,
+    ) -> Result<DiscriminatorOutput> {
+        let x = weights.broadcast_matmul(self.token_emb.embeddings())?;
+        self.forward_embedded(batch, &x, kernels)
+    }
+
+    fn forward_embedded(
+        &self,
+        batch: &DiscriminatorBatch,
+        x: &Tensor,
+        kernels: Kernels,
+    ) -> Result<DiscriminatorOutput> {
         let emb_dtype = self.token_emb.embeddings().dtype();
         let pm = key_padding_mask(&batch.prime_mask, emb_dtype)?;
         let cm = key_padding_mask(&batch.continuation_mask, emb_dtype)?;
@@ -381,10 +407,9 @@ impl Discriminator {
             .forward(&p, Some(&pm), None, 0, None, kernels)?;
         let ctx = self.prime_encoder.final_norm().forward(&ctx, kernels)?;
 
-        let x = self.token_emb.forward(&batch.continuation)?;
         let h = self
             .encoder
-            .forward(&x, Some(&cm), Some((&ctx, Some(&pm))), 0, None, kernels)?;
+            .forward(x, Some(&cm), Some((&ctx, Some(&pm))), 0, None, kernels)?;
         let h = self.encoder.final_norm().forward(&h, kernels)?;
 
         // Token head: masked mean of the token states.

@@ -301,17 +301,7 @@ impl Model {
         }
         let disc_file = dir.join(DISCRIMINATOR_FILE);
         if opts.discriminator && disc_file.exists() {
-            let cfg = model.config.discriminator.clone().ok_or_else(|| Error::Config {
-                file: dir.join(CONFIG_FILE),
-                reason: format!("{DISCRIMINATOR_FILE} is present but config.json has no \"discriminator\" section"),
-            })?;
-            let specs = Discriminator::tensor_specs(model.config.num_tokens, &cfg);
-            // The discriminator trains: never quantized.
-            let dtype = opts.precision.dtype();
-            let dev = &opts.device;
-            let tensors = load_checked(&disc_file, &specs, dtype, dev)?;
-            let vb = VarBuilder::from_tensors(tensors, dtype, dev);
-            model.discriminator = Some(Discriminator::new(model.config.num_tokens, &cfg, vb)?);
+            model.load_discriminator(&disc_file, opts)?;
         }
         Ok(model)
     }
@@ -382,15 +372,56 @@ impl Model {
         })
     }
 
-    /// Loads (or swaps in) a style adapter file; its shape comes from `config.json`.
+    /// Loads (or swaps in) a style adapter file. Its shape comes from the file's header when
+    /// it records one (adapters written by `train adapter` do), else from `config.json`; a file
+    /// trained for another decoder shape is refused, naming both shapes.
     pub fn load_adapter(&mut self, file: &Path, opts: &LoadOptions) -> Result<()> {
-        let cfg = self.config.adapter.clone().ok_or_else(|| Error::Config {
-            file: self.dir.join(CONFIG_FILE),
-            reason: format!(
-                "{} is given but config.json has no \"adapter\" section",
-                file.display()
-            ),
-        })?;
+        let meta = read_metadata(file)?;
+        if let Some(text) = meta.get(META_DECODER) {
+            let trained: DecoderConfig = serde_json::from_str(text).map_err(|e| Error::Config {
+                file: file.to_path_buf(),
+                reason: format!("unreadable \"{META_DECODER}\" in the header: {e}"),
+            })?;
+            let tokens = meta
+                .get(META_NUM_TOKENS)
+                .and_then(|t| t.parse::<usize>().ok());
+            if trained != self.config.decoder || tokens.is_some_and(|t| t != self.config.num_tokens)
+            {
+                return Err(Error::Config {
+                    file: file.to_path_buf(),
+                    reason: format!(
+                        "this adapter was trained for another decoder ({} × {} over {} tokens); the model in {} has {} × {} over {}",
+                        trained.depth,
+                        trained.dim,
+                        tokens.map_or("?".to_string(), |t| t.to_string()),
+                        self.dir.display(),
+                        self.config.decoder.depth,
+                        self.config.decoder.dim,
+                        self.config.num_tokens
+                    ),
+                });
+            }
+        }
+        let cfg = match meta.get(META_ADAPTER) {
+            Some(text) => {
+                let cfg: AdapterConfig = serde_json::from_str(text).map_err(|e| Error::Config {
+                    file: file.to_path_buf(),
+                    reason: format!("unreadable \"{META_ADAPTER}\" in the header: {e}"),
+                })?;
+                cfg.validate().map_err(|e| Error::Config {
+                    file: file.to_path_buf(),
+                    reason: e.to_string(),
+                })?;
+                cfg
+            }
+            None => self.config.adapter.clone().ok_or_else(|| Error::Config {
+                file: self.dir.join(CONFIG_FILE),
+                reason: format!(
+                    "{} records no adapter shape and config.json has no \"adapter\" section",
+                    file.display()
+                ),
+            })?,
+        };
         let dim = self.config.decoder.dim;
         let specs = Adapter::tensor_specs(&cfg, dim, self.config.num_tokens);
         let dtype = opts.precision.dtype();
@@ -402,6 +433,55 @@ impl Model {
         } else {
             adapter
         });
+        Ok(())
+    }
+
+    /// Loads a discriminator file (training, and reranking at play time). Its shape comes from
+    /// the file's header when it records one, else from `config.json`.
+    pub fn load_discriminator(&mut self, file: &Path, opts: &LoadOptions) -> Result<()> {
+        let meta = read_metadata(file)?;
+        let cfg = match meta.get(META_DISCRIMINATOR) {
+            Some(text) => {
+                let cfg: DiscriminatorConfig =
+                    serde_json::from_str(text).map_err(|e| Error::Config {
+                        file: file.to_path_buf(),
+                        reason: format!("unreadable \"{META_DISCRIMINATOR}\" in the header: {e}"),
+                    })?;
+                cfg.validate().map_err(|e| Error::Config {
+                    file: file.to_path_buf(),
+                    reason: e.to_string(),
+                })?;
+                cfg
+            }
+            None => self.config.discriminator.clone().ok_or_else(|| Error::Config {
+                file: self.dir.join(CONFIG_FILE),
+                reason: format!(
+                    "{} records no discriminator shape and config.json has no \"discriminator\" section",
+                    file.display()
+                ),
+            })?,
+        };
+        if let Some(t) = meta
+            .get(META_NUM_TOKENS)
+            .and_then(|t| t.parse::<usize>().ok())
+        {
+            if t != self.config.num_tokens {
+                return Err(Error::Config {
+                    file: file.to_path_buf(),
+                    reason: format!(
+                        "this discriminator reads {t} tokens; the model has {}",
+                        self.config.num_tokens
+                    ),
+                });
+            }
+        }
+        let specs = Discriminator::tensor_specs(self.config.num_tokens, &cfg);
+        // The discriminator trains: never quantized.
+        let dtype = opts.precision.dtype();
+        let dev = &opts.device;
+        let tensors = load_checked(file, &specs, dtype, dev)?;
+        let vb = VarBuilder::from_tensors(tensors, dtype, dev);
+        self.discriminator = Some(Discriminator::new(self.config.num_tokens, &cfg, vb)?);
         Ok(())
     }
 
@@ -623,4 +703,77 @@ impl Model {
     pub fn decoder_device(&self) -> &Device {
         self.decoder.device()
     }
+}
+
+/// Header keys of adapter and discriminator files that record what they were trained for.
+const META_ADAPTER: &str = "adapter";
+const META_DISCRIMINATOR: &str = "discriminator";
+const META_DECODER: &str = "decoder";
+const META_NUM_TOKENS: &str = "num_tokens";
+
+/// The header metadata of an adapter file: its own shape and the decoder's it was trained on.
+pub fn adapter_metadata(
+    adapter: &AdapterConfig,
+    decoder: &DecoderConfig,
+    num_tokens: usize,
+) -> HashMap<String, String> {
+    HashMap::from([
+        (
+            META_ADAPTER.into(),
+            serde_json::to_string(adapter).expect("serialises"),
+        ),
+        (
+            META_DECODER.into(),
+            serde_json::to_string(decoder).expect("serialises"),
+        ),
+        (META_NUM_TOKENS.into(), num_tokens.to_string()),
+    ])
+}
+
+/// The header metadata of a discriminator file.
+pub fn discriminator_metadata(
+    discriminator: &DiscriminatorConfig,
+    num_tokens: usize,
+) -> HashMap<String, String> {
+    HashMap::from([
+        (
+            META_DISCRIMINATOR.into(),
+            serde_json::to_string(discriminator).expect("serialises"),
+        ),
+        (META_NUM_TOKENS.into(), num_tokens.to_string()),
+    ])
+}
+
+/// A safetensors file's header metadata (empty when it has none).
+fn read_metadata(file: &Path) -> Result<HashMap<String, String>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(file).map_err(|error| Error::Io {
+        file: file.to_path_buf(),
+        error,
+    })?;
+    let bad = |reason: String| Error::Safetensors {
+        file: file.to_path_buf(),
+        reason,
+    };
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|_| bad("shorter than a safetensors header".into()))?;
+    let n = u64::from_le_bytes(len);
+    if n > 100_000_000 {
+        return Err(bad(format!("a header of {n} bytes")));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)
+        .map_err(|_| bad("the header is truncated".into()))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("unreadable header: {e}")))?;
+    Ok(json
+        .get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                .collect()
+        })
+        .unwrap_or_default())
 }

@@ -309,6 +309,11 @@ impl Corpus {
         self.train.iter().map(|&i| self.doc_ids(i).collect())
     }
 
+    /// Every validation document's ids (framing tokens included), one after the other.
+    pub fn val_docs(&self) -> impl Iterator<Item = Vec<u32>> + '_ {
+        self.val.iter().map(|&i| self.doc_ids(i).collect())
+    }
+
     /// Copies `len` ids of document `doc` from `start` into `out`, padding past its end.
     fn window_into(&self, doc: usize, start: usize, len: usize, out: &mut Vec<u32>) {
         let before = out.len();

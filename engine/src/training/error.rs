@@ -18,6 +18,19 @@ pub enum Error {
     NothingUsable { dirs: Vec<PathBuf>, files: usize },
     #[error("{}: {reason}", path.display())]
     Format { path: PathBuf, reason: String },
+    /// Too few prime/continuation pairs to train an adapter on.
+    #[error("{} hold {train} training and {val} validation pairs of {prime_bars}+{bars} bars (one meter, a note in every continuation bar, within the model's context); at least {needed} training and 1 validation pair are needed: add files or lower --prime-bars/--bars", dirs_list(.dirs))]
+    TooFewPairs {
+        dirs: Vec<PathBuf>,
+        train: usize,
+        val: usize,
+        needed: usize,
+        prime_bars: u32,
+        bars: u32,
+    },
+    /// Sampling a continuation failed (a prime the grammar refuses, a bad setting).
+    #[error("generating a continuation: {0}")]
+    Generation(String),
     #[error("invalid training setting: {0}")]
     Config(String),
     /// The loss stopped being a finite number: the run diverged.

@@ -11,6 +11,7 @@
 //! - [`bigram`]: the baseline every run's validation loss is compared with.
 //! - [`bench`]: training throughput on synthetic data.
 //! - [`export`]: a checkpoint → a model directory that [`crate::models::Model::load`] reads.
+//! - [`scst`]: training a style adapter by reinforcement against a discriminator (decoder frozen).
 //!
 //! Training only ever uses the decoder's differentiable kernels
 //! ([`crate::models::Kernels::Training`]): candle's fused kernels silently produce no gradient.
@@ -24,6 +25,7 @@ pub mod export;
 pub mod optim;
 pub mod pretrain;
 pub mod schedule;
+pub mod scst;
 
 pub use dataset::{Corpus, CorpusOptions, Skipped};
 pub use error::{Error, Result};

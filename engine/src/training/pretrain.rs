@@ -162,7 +162,7 @@ pub struct Trainer {
 
 /// Seeded N(0, 0.02) weights for every matrix (the decoder's own init for them), so that two
 /// runs with one seed start identically; gains and biases keep their constant init.
-fn seeded_init(vars: &[(String, Var)], seed: u64) -> Result<()> {
+pub(crate) fn seeded_init(vars: &[(String, Var)], seed: u64) -> Result<()> {
     for (name, var) in vars {
         if var.rank() < 2 {
             continue;
