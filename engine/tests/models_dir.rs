@@ -270,10 +270,20 @@ fn non_finite_weights_are_named() {
 #[test]
 fn bad_adapter_and_discriminator_files() {
     let s = Scratch::new("adapter");
-    std::fs::write(s.path("adapter.safetensors"), b"garbage").unwrap();
-    // No "adapter" section in config.json.
+    // A file without a header that records its shape, and no "adapter" section in
+    // config.json: nothing says what shape it should have.
+    let no_header = safetensors::serialize(
+        [("x", Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap())],
+        None,
+    )
+    .unwrap();
+    std::fs::write(s.path("adapter.safetensors"), no_header).unwrap();
     let e = s.load().unwrap_err();
     assert!(matches!(e, Error::Config { .. }), "{e}");
+    assert!(e.to_string().contains("adapter.safetensors"), "{e}");
+    std::fs::write(s.path("adapter.safetensors"), b"garbage").unwrap();
+    let e = s.load().unwrap_err();
+    assert!(matches!(e, Error::Safetensors { .. }), "{e}");
     s.edit_config(|v| {
         v["adapter"] = serde_json::json!({"dim": 32, "depth": 1, "heads": 2, "attn_dim_head": 8})
     });
