@@ -191,26 +191,11 @@ pub fn run(args: Args) -> Result<()> {
         model.load_adapter(file, &opts)?;
     }
     if rerank.is_some() {
-        let beside = match &adapter {
-            Adapter::File(file) => {
-                Some(engine::training::scst::companion_discriminator(file)).filter(|f| f.exists())
-            }
+        let file = match &adapter {
+            Adapter::File(file) => Some(file.as_path()),
             _ => None,
         };
-        let file =
-            beside.unwrap_or_else(|| model_dir.join(engine::models::model_dir::DISCRIMINATOR_FILE));
-        if !file.exists() {
-            bail!(
-                "--rerank needs a discriminator: {} does not exist (train one with `cargo xtask train adapter`)",
-                file.display()
-            );
-        }
-        // The discriminator runs in full precision whatever --precision says.
-        let disc_opts = LoadOptions {
-            precision: Precision::F32,
-            ..opts.clone()
-        };
-        model.load_discriminator(&file, &disc_opts)?;
+        load_discriminator(&mut model, &model_dir, file)?;
     }
     let generator = Generator::new(&model)?;
     let prime = generator
@@ -302,6 +287,28 @@ pub fn run(args: Args) -> Result<()> {
             continuation.seed
         );
     }
+    Ok(())
+}
+
+/// Loads the discriminator `--rerank` scores with: the one beside the adapter file when there
+/// is one, else the model directory's `discriminator.safetensors`; always in full precision.
+pub fn load_discriminator(
+    model: &mut Model,
+    model_dir: &Path,
+    adapter_file: Option<&Path>,
+) -> Result<()> {
+    let beside = adapter_file
+        .map(engine::training::scst::companion_discriminator)
+        .filter(|f| f.exists());
+    let file =
+        beside.unwrap_or_else(|| model_dir.join(engine::models::model_dir::DISCRIMINATOR_FILE));
+    if !file.exists() {
+        bail!(
+            "--rerank needs a discriminator: {} does not exist (train one with `cargo xtask train adapter`)",
+            file.display()
+        );
+    }
+    model.load_discriminator(&file, &LoadOptions::default())?;
     Ok(())
 }
 

@@ -1,5 +1,5 @@
 //! `cargo xtask eval --data DIR [--model DIR] [--adapter FILE|none] [--prime-bars 4] [--bars 4]
-//! [--cases N] [--seed S] [--json FILE]`: the yardstick for the model and its adapter.
+//! [--cases N] [--seed S] [--rerank K] [--json FILE]`: the yardstick for the model and its adapter.
 //!
 //! Cuts seeded windows (P bars of prime, the true next B bars) from real pieces, continues every
 //! prime with each system (the model, the decoder alone when an adapter is loaded, the Markov
@@ -58,6 +58,11 @@ pub struct Args {
     /// Longest context (in events) the Markov continuator matches.
     #[arg(long, default_value_t = systems::MARKOV_ORDER)]
     markov_order: usize,
+    /// Also evaluate `rerank`: the model sampling K candidates per window and keeping the one
+    /// the discriminator scores highest (the discriminator beside --adapter FILE, else the
+    /// model directory's).
+    #[arg(long)]
+    rerank: Option<usize>,
     /// Write every case, every system's measures and the summary as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -237,7 +242,7 @@ struct Case {
 }
 
 /// The systems in table order.
-const SYSTEMS: [&str; 4] = ["model", "decoder", "markov", "repeat"];
+const SYSTEMS: [&str; 5] = ["model", "rerank", "decoder", "markov", "repeat"];
 
 /// The model to evaluate, with its adapter resolved as `--adapter` asks.
 pub fn load_model(dir: Option<PathBuf>, adapter: Option<&str>) -> Result<Model> {
@@ -295,7 +300,24 @@ pub fn run(args: Args) -> Result<()> {
     settings.steering = args.steering.steering()?;
     settings.validate()?;
     let files = windows::midi_files(&args.data)?;
-    let model = load_model(args.model.clone(), args.adapter.as_deref())?;
+    let mut model = load_model(args.model.clone(), args.adapter.as_deref())?;
+    let rerank = match args.rerank {
+        None | Some(1) => None,
+        Some(0) => bail!("--rerank must be at least 2 candidates"),
+        Some(k) => {
+            let dir = args
+                .model
+                .clone()
+                .unwrap_or_else(crate::continuation::default_model_dir);
+            let adapter = args
+                .adapter
+                .as_deref()
+                .filter(|a| *a != "none")
+                .map(std::path::Path::new);
+            crate::continuation::load_discriminator(&mut model, &dir, adapter)?;
+            Some(k)
+        }
+    };
     let decoder_alone = model.adapter.is_some().then(|| Model {
         adapter: None,
         ..model.clone()
@@ -353,6 +375,17 @@ pub fn run(args: Args) -> Result<()> {
         let out = systems::model(&generator, window, &settings)?;
         systems.insert("model", measure(window, &out, step));
         truth_nll.insert("model", truth_nll_of(|ids| model.score(ids), window)?);
+        if let Some(k) = rerank {
+            let out = systems::reranked(
+                &generator,
+                &model,
+                window,
+                &settings,
+                k,
+                args.prime_bars as usize,
+            )?;
+            systems.insert("rerank", measure(window, &out, step));
+        }
         if let Some(g) = &decoder_generator {
             let out = systems::model(g, window, &settings)?;
             systems.insert("decoder", measure(window, &out, step));

@@ -76,7 +76,8 @@ enum Command {
 fn limit_candle_pool_for_inference() {
     let args: Vec<String> = std::env::args().skip(1).take(2).collect();
     let training = match args.first().map(String::as_str) {
-        Some("train") => true,
+        // Adapter training spends most of its time generating, like `continue`.
+        Some("train") => args.get(1).map(String::as_str) != Some("adapter"),
         Some("bench") => args.get(1).map(String::as_str) == Some("train"),
         _ => false,
     };

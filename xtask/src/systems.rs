@@ -59,6 +59,45 @@ pub fn model(generator: &Generator<'_>, window: &Window, settings: &Settings) ->
     })
 }
 
+/// Continues a window with the model, sampling `k` candidates and keeping the one its
+/// discriminator scores highest (judged with the prime's last `prime_bars` bars).
+pub fn reranked(
+    generator: &Generator<'_>,
+    model: &engine::models::Model,
+    window: &Window,
+    settings: &Settings,
+    k: usize,
+    prime_bars: usize,
+) -> Result<Output> {
+    let started = Instant::now();
+    let settings = Settings {
+        variations: k,
+        ..settings.clone()
+    };
+    let prime = Prime::from_ids(
+        generator.tokenizer(),
+        generator.grammar(),
+        &window.prime_ids,
+        Some(window.start()),
+        &settings,
+        generator.context(),
+    )
+    .with_context(|| format!("{}: cannot use it as a prime", window.name()))?;
+    let (mut continuations, _) =
+        generator.generate(&prime, &settings, None, |_| ControlFlow::Continue(()))?;
+    let scores = engine::rerank::scores(model, &prime, &continuations, prime_bars)?;
+    let best = engine::rerank::best(&scores).context("no candidate to rerank")?;
+    let seconds = started.elapsed().as_secs_f64();
+    let continuation = continuations.swap_remove(best);
+    let mut ids = prime.ids().to_vec();
+    ids.extend_from_slice(&continuation.ids);
+    Ok(Output {
+        notes: continuation.notes,
+        seconds,
+        grammar_valid: metrics::ids_follow_grammar(generator.grammar(), &ids),
+    })
+}
+
 /// Continues a window with a Markov continuator of contexts up to `order` events, learned from
 /// its prime.
 pub fn markov(

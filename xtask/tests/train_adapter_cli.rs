@@ -114,6 +114,26 @@ fn train_adapter_resume_plot_continue_and_errors() {
     let o = cont(&["--adapter", s(&adapter), "--rerank", "3"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("rerank: kept candidate"), "{}", text(&o));
+    // eval measures the reranked model as a system of its own.
+    let o = xtask(&[
+        "eval",
+        "--data",
+        &format!("{MIDI}/scale_4_4.mid"),
+        "--model",
+        s(&model),
+        "--adapter",
+        s(&adapter),
+        "--prime-bars",
+        "1",
+        "--bars",
+        "1",
+        "--cases",
+        "1",
+        "--rerank",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("\nrerank "), "{}", text(&o));
     let o = cont(&["--adapter", "none"]);
     assert!(o.status.success(), "{}", text(&o));
     // Reranking without a discriminator anywhere names the file it looked for.

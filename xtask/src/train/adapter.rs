@@ -159,6 +159,17 @@ pub fn adapter(args: AdapterArgs) -> Result<()> {
             );
         }
         let mut cfg = ScstConfig::for_model(&model_dir, &model.config, &model.tokenizer);
+        if let Some(init) = &args.init {
+            // The starting adapter's own shape (from its header), checked against the decoder.
+            let mut probe = model.clone();
+            probe.load_adapter(init, &LoadOptions::default())?;
+            cfg.adapter = probe
+                .adapter
+                .as_ref()
+                .expect("just loaded")
+                .config()
+                .clone();
+        }
         cfg.data = args.data.clone();
         cfg.prime_bars = args.prime_bars;
         cfg.bars = args.bars;

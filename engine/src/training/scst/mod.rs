@@ -174,7 +174,9 @@ impl ScstConfig {
             nll_tolerance: 0.05,
             copy_margin: 0.02,
             checkpoint_every: 25,
-            val_fraction: 0.05,
+            // A style folder may hold only ~50 files: 5 % would leave one or two for the
+            // held-out accuracy and the guards.
+            val_fraction: 0.1,
             seed: 0,
             control: Control::None,
         }
