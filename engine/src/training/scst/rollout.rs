@@ -85,16 +85,59 @@ pub(crate) struct Scored {
     pub continuation_logits: Vec<Tensor>,
 }
 
+/// The prefix to teacher-force `continuation` after within `context` tokens: the generator
+/// slides its window past the context (dropping the oldest whole bars), so a sequence longer
+/// than the context is scored after the prefix's oldest bars are dropped likewise (BOS kept),
+/// which keeps the scored positions within the range the decoder was trained on.
+pub(crate) fn fit_prefix<'a>(
+    prefix: &'a [TokenId],
+    continuation_len: usize,
+    bar: TokenId,
+    context: usize,
+) -> std::borrow::Cow<'a, [TokenId]> {
+    let total = prefix.len() + continuation_len;
+    if total <= context || prefix.len() < 2 {
+        return prefix.into();
+    }
+    let excess = total - context;
+    let cut = (1 + excess..prefix.len())
+        .find(|&i| prefix[i] == bar)
+        .or_else(|| prefix.iter().rposition(|&id| id == bar).filter(|&i| i > 0));
+    match cut {
+        Some(i) => {
+            let mut kept = Vec::with_capacity(1 + prefix.len() - i);
+            kept.push(prefix[0]);
+            kept.extend_from_slice(&prefix[i..]);
+            kept.into()
+        }
+        None => prefix.into(),
+    }
+}
+
 /// Scores sequences: `prefix` (what the generator was fed, BOS first) then `continuation`.
-/// `train` selects the adapter's differentiable kernels.
+/// `train` selects the adapter's differentiable kernels. Prefixes are first fitted to
+/// `context` ([`fit_prefix`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn score(
     decoder: &Decoder,
     adapter: &Adapter,
     seqs: &[(&[TokenId], &[TokenId])],
     pad: TokenId,
+    bar: TokenId,
+    context: usize,
     train: bool,
     want_logits: bool,
 ) -> Result<Scored> {
+    let fitted: Vec<std::borrow::Cow<'_, [TokenId]>> = seqs
+        .iter()
+        .map(|(p, c)| fit_prefix(p, c.len(), bar, context))
+        .collect();
+    let seqs: Vec<(&[TokenId], &[TokenId])> = fitted
+        .iter()
+        .zip(seqs)
+        .map(|(p, (_, c))| (&p[..], *c))
+        .collect();
+    let seqs = &seqs[..];
     let dev = decoder.device();
     let n = seqs.len();
     let len = seqs
@@ -154,4 +197,22 @@ pub(crate) fn score(
         decoder_values,
         continuation_logits,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_prefix;
+
+    #[test]
+    fn a_long_prefix_loses_its_oldest_whole_bars() {
+        const BAR: u32 = 4;
+        let prefix = [1, BAR, 10, 11, BAR, 12, 13, BAR, 14];
+        assert_eq!(&fit_prefix(&prefix, 3, BAR, 20)[..], &prefix[..]);
+        // 12 tokens in a context of 10: two must go, so the first two bars go.
+        assert_eq!(
+            &fit_prefix(&prefix, 3, BAR, 10)[..],
+            &[1, BAR, 12, 13, BAR, 14]
+        );
+        assert_eq!(&fit_prefix(&prefix, 3, BAR, 8)[..], &[1, BAR, 14]);
+    }
 }

@@ -182,7 +182,7 @@ fn config(control: Control, baseline: Baseline, steps: u64) -> ScstConfig {
     c.kl = 0.01;
     c.top_p = 1.0;
     c.adapter_lr = ADAPTER_LR.with(|l| l.get());
-    c.discriminator_lr = 3e-3;
+    c.discriminator_lr = 1e-2;
     c.phases = PhaseConfig {
         warmup_exit: 0.6,
         warmup_max_steps: 15,
@@ -194,7 +194,7 @@ fn config(control: Control, baseline: Baseline, steps: u64) -> ScstConfig {
     c.eval_every = 1000;
     c.val_pairs = 8;
     c.checkpoint_every = 1000;
-    c.seed = 5;
+    c.seed = SEED.with(|s| s.get());
     c.control = control;
     c
 }
@@ -231,6 +231,7 @@ use crate::generation::Generator;
 
 thread_local! {
     static ADAPTER_LR: std::cell::Cell<f64> = const { std::cell::Cell::new(1e-3) };
+    static SEED: std::cell::Cell<u64> = const { std::cell::Cell::new(5) };
 }
 
 fn train(control: Control, baseline: Baseline, steps: u64) -> (f64, f64) {
@@ -252,7 +253,10 @@ fn train(control: Control, baseline: Baseline, steps: u64) -> (f64, f64) {
     (before, after)
 }
 
-const STEPS: u64 = 80;
+/// Steps of each run. With this configuration the SCST share measured 0.633, 0.836, 0.797,
+/// 0.938 after 40, 80, 120, 160 steps at a discriminator learning rate of 3e-3, and 0.695,
+/// 0.859, 0.930, 0.938 at 1e-2 (used here); shuffled rewards stayed within 0.44–0.59.
+const STEPS: u64 = 120;
 
 /// Not a test: the measurement behind the default baseline (`cargo test -p continuator-engine
 /// --lib measure_baselines -- --ignored --nocapture`).
@@ -261,14 +265,15 @@ const STEPS: u64 = 80;
 fn measure_baselines() {
     for lr in [1e-3, 3e-3] {
         ADAPTER_LR.with(|l| l.set(lr));
-        for steps in [20, 40, 80] {
+        for steps in [60, 120] {
             for baseline in [Baseline::Greedy, Baseline::Others] {
-                let (before, after) = train(Control::None, baseline, steps);
-                eprintln!("lr {lr:e}, {steps} steps, {baseline:?}: {before:.3} → {after:.3}");
-            }
-            for control in [Control::ShuffledRewards, Control::FrozenDiscriminator] {
-                let (_, after) = train(control, Baseline::Others, steps);
-                eprintln!("lr {lr:e}, {steps} steps, control {control:?}: {after:.3}");
+                let mut shares = Vec::new();
+                for seed in [5, 6, 7] {
+                    SEED.with(|s| s.set(seed));
+                    shares.push(train(Control::None, baseline, steps).1);
+                }
+                let mean = shares.iter().sum::<f64>() / shares.len() as f64;
+                eprintln!("lr {lr:e}, {steps} steps, {baseline:?}: {shares:.3?}, mean {mean:.3}");
             }
         }
     }
@@ -361,7 +366,19 @@ fn feature_matching_reaches_the_adapter_through_the_samples() {
         }
     }
     let pad = s.model().tokenizer.pad_id();
-    let scored = rollout::score(&s.model().decoder, s.adapter(), &seqs, pad, true, true).unwrap();
+    let bar = s.model().tokenizer.bar_id();
+    let context = s.model().config.max_seq_len;
+    let scored = rollout::score(
+        &s.model().decoder,
+        s.adapter(),
+        &seqs,
+        pad,
+        bar,
+        context,
+        true,
+        true,
+    )
+    .unwrap();
     let term = s
         .feature_matching(&scored.continuation_logits, &primes, &conts, &rolls)
         .unwrap();

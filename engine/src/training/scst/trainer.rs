@@ -661,6 +661,8 @@ impl Scst {
             self.adapter(),
             &seqs,
             pad,
+            self.model.tokenizer.bar_id(),
+            self.model.config.max_seq_len,
             true,
             want_logits,
         )?;
@@ -865,6 +867,8 @@ impl Scst {
                 self.adapter(),
                 chunk,
                 tok.pad_id(),
+                tok.bar_id(),
+                self.model.config.max_seq_len,
                 false,
                 false,
             )?;
