@@ -167,3 +167,28 @@ fn all_bars_in_one_and_many_bars() {
     let v: Vec<f32> = out.logit.to_vec1().unwrap();
     assert!(v.iter().all(|x| x.is_finite()));
 }
+
+/// One-hot token weights are the ids themselves: `forward_relaxed` with them gives the logits
+/// of `forward` (feature matching relies on it: its value is the judgement of the sample).
+#[test]
+fn one_hot_weights_score_as_the_ids_do() {
+    let (d, _vm) = disc();
+    let (p0, p1) = (seq(5, 1), seq(9, 2));
+    let (c0, c1) = (seq(12, 4), seq(7, 5));
+    let batch = d.batch(&[&p0, &p1], &[&c0, &c1], &Device::Cpu).unwrap();
+    let mut w = vec![0f32; 2 * 12 * 373];
+    for (b, c) in [&c0, &c1].iter().enumerate() {
+        for (t, &id) in c.iter().enumerate() {
+            w[(b * 12 + t) * 373 + id as usize] = 1.0;
+        }
+    }
+    let w = Tensor::from_vec(w, (2, 12, 373), &Device::Cpu).unwrap();
+    for kernels in [Kernels::Inference, Kernels::Training] {
+        let ids = d.forward(&batch, kernels).unwrap().logit;
+        let relaxed = d.forward_relaxed(&batch, &w, kernels).unwrap().logit;
+        let (a, b): (Vec<f32>, Vec<f32>) = (ids.to_vec1().unwrap(), relaxed.to_vec1().unwrap());
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
+        }
+    }
+}
