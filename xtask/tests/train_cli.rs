@@ -175,7 +175,7 @@ fn train_resume_plot_export_score() {
         "--out",
         s(&root.join("x")),
         "--compare",
-        s(&root),
+        s(root),
     ]);
     assert!(!o.status.success());
     assert!(text(&o).contains("config.json"), "{}", text(&o));

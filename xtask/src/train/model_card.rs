@@ -229,7 +229,7 @@ impl ModelCard {
              `checkpoint.safetensors`, which stay outside the repository) with\n\n\
              ```sh\n{command} --resume\n```\n\n\
              then export again with `cargo xtask train export {run} --out {} --f16`.",
-            portable(&out)
+            portable(out)
         )
     }
 
@@ -369,8 +369,8 @@ impl ModelCard {
              setup); the run is deterministic for a given seed, bit for bit, whatever the thread \
              count\n\
              (`RAYON_NUM_THREADS` changes the speed only), and across `--resume`.\n\n",
-            portable(&run),
-            portable(&out)
+            portable(run),
+            portable(out)
         )
     }
 
