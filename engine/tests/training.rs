@@ -75,6 +75,7 @@ fn config(data: &Path, steps: u64) -> TrainConfig {
         checkpoint_minutes: 1000.0,
         seed: 7,
         transpose: true,
+        init: None,
     }
 }
 
@@ -271,6 +272,61 @@ fn an_exported_run_loads_as_a_model_directory() {
         let nll = model.score(&ids).unwrap();
         assert!(nll.mean_nll.is_finite() && nll.mean_nll > 0.0);
     }
+}
+
+#[test]
+fn a_run_can_start_from_a_model_directory_with_a_longer_context() {
+    let tmp = temp("init");
+    let root = tmp.path();
+    let data = midi_copy(root);
+    let cfg = config(&data, 4);
+    let first = train(&cfg, &root.join("first"), false, None);
+    let model = root.join("model");
+    engine::training::export::export(
+        &root.join("first").join(CHECKPOINT_FILE),
+        &cfg.model,
+        &model,
+        DType::F32,
+    )
+    .unwrap();
+
+    // A second run, twice the context, starting from the exported weights: before its first
+    // step it holds exactly them (not a seeded random init), and it trains from there.
+    let mut longer = cfg.clone();
+    longer.seq = 64;
+    longer.model.max_seq_len = 64;
+    longer.init = Some(model.clone());
+    let c = corpus(&data, &root.join("second/data")).unwrap();
+    let mut second =
+        Trainer::new(longer.clone(), &root.join("second"), c, Device::Cpu, false).unwrap();
+    assert!(
+        bits(&second) == bits(&first),
+        "--init did not load the weights"
+    );
+    let fresh = {
+        let mut plain = longer.clone();
+        plain.init = None;
+        let c = corpus(&data, &root.join("third/data")).unwrap();
+        Trainer::new(plain, &root.join("third"), c, Device::Cpu, false).unwrap()
+    };
+    assert!(bits(&fresh) != bits(&first));
+    second.run(&RunOptions::default(), &mut ()).unwrap();
+    assert_eq!(second.state().step, 4);
+    assert!(second.state().val_loss.unwrap().is_finite());
+    assert!(bits(&second) != bits(&first));
+
+    // Another shape is refused, naming the model's config.json.
+    let mut wider = longer.clone();
+    wider.model.decoder.dim *= 2;
+    let c = corpus(&data, &root.join("fourth/data")).unwrap();
+    let err = Trainer::new(wider, &root.join("fourth"), c, Device::Cpu, false)
+        .err()
+        .expect("a different shape must be refused")
+        .to_string();
+    assert!(
+        err.contains("config.json") && err.contains("decoder shape"),
+        "{err}"
+    );
 }
 
 /// Sets the stop flag (what Ctrl-C does) once a step is reported.

@@ -9,13 +9,15 @@
 mod adapter;
 mod model_card;
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
+use engine::models::model_dir::{load_checked, CONFIG_FILE, DECODER_FILE};
 use engine::models::ModelConfig;
 use engine::tokenizer::Tokenizer;
 use engine::training::checkpoint::{self, CHECKPOINT_FILE};
@@ -26,7 +28,7 @@ use engine::training::{
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
-use self::model_card::ModelCard;
+use self::model_card::{ComparedWindow, ModelCard};
 
 /// Free-form notes on a run, kept in its folder and quoted into the exported model card.
 const NOTES_FILE: &str = "NOTES.md";
@@ -94,6 +96,10 @@ pub struct DecoderArgs {
     /// Continue the run in --out from its checkpoint, with its saved settings.
     #[arg(long)]
     resume: bool,
+    /// Start from the decoder weights of this model directory (same shape; e.g. the default
+    /// model, to train it further with a longer context) instead of random weights.
+    #[arg(long, conflicts_with = "resume")]
+    init: Option<PathBuf>,
     /// Stop (with a checkpoint) after this many steps in total, leaving the run resumable.
     #[arg(long, hide = true)]
     stop_at: Option<u64>,
@@ -109,6 +115,11 @@ pub struct ExportArgs {
     /// Store the weights in f16 (half the size; loaded at any precision).
     #[arg(long)]
     f16: bool,
+    /// A model directory to compare with on the same validation windows (typically the model
+    /// this export replaces), at this run's window length and at that model's context; the
+    /// card shows both. Read before anything is written, so it may be `--out` itself.
+    #[arg(long)]
+    compare: Option<PathBuf>,
 }
 
 pub fn run(command: Command) -> Result<()> {
@@ -216,6 +227,7 @@ fn new_config(args: &DecoderArgs) -> TrainConfig {
         checkpoint_minutes: args.checkpoint_minutes,
         seed: args.seed,
         transpose: !args.no_transpose,
+        init: args.init.clone(),
     }
 }
 
@@ -428,6 +440,8 @@ fn export(args: ExportArgs) -> Result<()> {
     let cfg = TrainConfig::load(&args.run)?;
     let dtype = if args.f16 { DType::F16 } else { DType::F32 };
     let ck = args.run.join(CHECKPOINT_FILE);
+    // The model compared with is read first: it may be the directory about to be replaced.
+    let previous = args.compare.as_deref().map(read_decoder).transpose()?;
     let done = engine::training::export::export(&ck, &cfg.model, &args.out, dtype)?;
     let copied = copy_licences(&cfg.data, &args.out)?;
     // Validate the exported checkpoint itself (the run's last validation may be older). The
@@ -443,13 +457,24 @@ fn export(args: ExportArgs) -> Result<()> {
     )
     .context("validating the checkpoint needs the run's data folders")?;
     let ck = checkpoint::load(&ck, &Device::Cpu)?;
+    let comparison = match previous {
+        Some((model, weights)) => Some(compare(&cfg, &corpus, &ck.params, &model, &weights)?),
+        None => None,
+    };
     let (val, bigram, val_tokens) =
         engine::training::pretrain::validate_weights(&cfg, &corpus, ck.params)?;
     println!(
         "step {}: validation {val:.4} nats/token, bigram {bigram:.4} ({val_tokens} tokens)",
         done.step
     );
-    let card = ModelCard::gather(&args, &cfg, &done, &copied, (val, bigram, val_tokens))?;
+    let card = ModelCard::gather(
+        &args,
+        &cfg,
+        &done,
+        &copied,
+        (val, bigram, val_tokens),
+        comparison,
+    )?;
     let card_path = args.out.join("MODEL_CARD.md");
     std::fs::write(&card_path, card.to_string())
         .with_context(|| format!("{}: cannot write", card_path.display()))?;
@@ -461,6 +486,55 @@ fn export(args: ExportArgs) -> Result<()> {
         done.decoder_bytes as f64 / 1e6
     );
     Ok(())
+}
+
+/// A model directory's config and decoder weights (f32), checked against each other.
+fn read_decoder(dir: &Path) -> Result<(ModelConfig, HashMap<String, Tensor>)> {
+    let model = ModelConfig::from_file(&dir.join(CONFIG_FILE))?;
+    let specs = engine::models::Decoder::tensor_specs(model.num_tokens, &model.decoder);
+    let weights = load_checked(&dir.join(DECODER_FILE), &specs, DType::F32, &Device::Cpu)?;
+    Ok((model, weights))
+}
+
+/// The exported weights and another model on the same validation windows, at the run's window
+/// length and at the other model's context (when they differ).
+fn compare(
+    cfg: &TrainConfig,
+    corpus: &Corpus,
+    ours: &HashMap<String, Tensor>,
+    theirs: &ModelConfig,
+    their_weights: &HashMap<String, Tensor>,
+) -> Result<Vec<ComparedWindow>> {
+    let mut windows = vec![theirs.max_seq_len.min(cfg.seq), cfg.seq];
+    windows.dedup();
+    windows
+        .into_iter()
+        .map(|window| {
+            let measure = |model: &ModelConfig, weights: &HashMap<String, Tensor>| {
+                engine::training::pretrain::validate_model(
+                    model,
+                    weights.clone(),
+                    corpus,
+                    window,
+                    cfg.val_windows,
+                    cfg.batch,
+                )
+            };
+            let (this, bigram, tokens) = measure(&cfg.model, ours)?;
+            let (other, _, _) = measure(theirs, their_weights)?;
+            println!(
+                "windows of {window}: this {this:.4}, compared model {other:.4}, bigram {bigram:.4} ({tokens} tokens)"
+            );
+            Ok(ComparedWindow {
+                window,
+                this,
+                other,
+                other_context: theirs.max_seq_len,
+                bigram,
+                tokens,
+            })
+        })
+        .collect()
 }
 
 /// Copies the per-folder licence files of the data (`LICENSE*`, `NOTICE*`, `manifest.csv`, which

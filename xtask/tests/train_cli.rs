@@ -114,6 +114,71 @@ fn train_resume_plot_export_score() {
     let o = xtask(&["score", "--model", s(&model), EXAMPLE]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("nats/token"));
+
+    // A card names its data relative to where it was made, never by the machine's path.
+    let data_abs = std::fs::canonicalize(MIDI).unwrap();
+    assert!(
+        !card.contains(&data_abs.display().to_string()),
+        "the card names {}:\n{card}",
+        data_abs.display()
+    );
+
+    // A second run starts from the exported weights with twice the context (`--init`), and
+    // its export compares itself with that model on the same windows, at both lengths, even
+    // when it replaces the directory it compares with.
+    let longer = root.join("longer");
+    let o = xtask(&[
+        "train",
+        "decoder",
+        "--data",
+        MIDI,
+        "--preset",
+        "tiny",
+        "--out",
+        s(&longer),
+        "--seq",
+        "64",
+        "--batch",
+        "2",
+        "--steps",
+        "3",
+        "--init",
+        s(&model),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = xtask(&[
+        "train",
+        "export",
+        s(&longer),
+        "--out",
+        s(&model),
+        "--compare",
+        s(&model),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let card = std::fs::read_to_string(model.join("MODEL_CARD.md")).unwrap();
+    assert!(card.contains("started from the"), "{card}");
+    assert!(card.contains("--init "), "{card}");
+    let rows: Vec<&str> = card
+        .lines()
+        .filter(|l| l.starts_with("| 32 tokens |") || l.starts_with("| 64 tokens |"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{card}");
+    assert!(
+        rows[1].contains("beyond its 32-token training context"),
+        "{card}"
+    );
+    let o = xtask(&[
+        "train",
+        "export",
+        s(&longer),
+        "--out",
+        s(&root.join("x")),
+        "--compare",
+        s(root),
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("config.json"), "{}", text(&o));
 }
 
 #[cfg(unix)]

@@ -66,6 +66,12 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Random transposition of training windows.
     pub transpose: bool,
+    /// A model directory whose decoder weights start the run instead of seeded random ones
+    /// (a longer context or another schedule for a trained model). Its decoder shape and
+    /// vocabulary must equal [`Self::model`]'s; its context may differ (rotary positions
+    /// carry no learnt length). The optimiser starts fresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
 }
 
 impl TrainConfig {
@@ -158,6 +164,34 @@ pub struct Trainer {
     bigram_val: f64,
     pad: u32,
     device: Device,
+}
+
+/// Sets every variable from the decoder of the model directory `dir`, after checking that
+/// its shapes are the run's (only the context may differ).
+fn init_from_model(vars: &[(String, Var)], model: &ModelConfig, dir: &Path) -> Result<()> {
+    use crate::models::model_dir::{load_checked, CONFIG_FILE, DECODER_FILE};
+    let config_file = dir.join(CONFIG_FILE);
+    let theirs = ModelConfig::from_file(&config_file)?;
+    if theirs.num_tokens != model.num_tokens || theirs.decoder != model.decoder {
+        return Err(Error::Format {
+            path: config_file,
+            reason: format!(
+                "--init needs the run's decoder shape ({} tokens, {:?}); this model has {} tokens, {:?}",
+                model.num_tokens, model.decoder, theirs.num_tokens, theirs.decoder
+            ),
+        });
+    }
+    let file = dir.join(DECODER_FILE);
+    let specs = Decoder::tensor_specs(model.num_tokens, &model.decoder);
+    let tensors = load_checked(&file, &specs, DType::F32, &Device::Cpu)?;
+    for (name, var) in vars {
+        let t = tensors.get(name).ok_or_else(|| Error::Format {
+            path: file.clone(),
+            reason: format!("no weights for `{name}`"),
+        })?;
+        var.set(&t.to_device(var.device())?)?;
+    }
+    Ok(())
 }
 
 /// Seeded N(0, 0.02) weights for every matrix (the decoder's own init for them), so that two
@@ -275,6 +309,9 @@ impl Trainer {
             opt.t = ck.state.adam_t;
             state = ck.state;
             truncate_metrics(&out.join(METRICS_FILE), state.step)?;
+        } else if let Some(dir) = &cfg.init {
+            init_from_model(&opt.params, &cfg.model, dir)?;
+            let _ = std::fs::remove_file(out.join(METRICS_FILE));
         } else {
             seeded_init(&opt.params, cfg.seed)?;
             // A fresh run replaces any earlier metrics under the same name.
@@ -519,20 +556,43 @@ pub fn validate_weights(
     corpus: &Corpus,
     weights: HashMap<String, Tensor>,
 ) -> Result<(f64, f64, u64)> {
+    validate_model(
+        &cfg.model,
+        weights,
+        corpus,
+        cfg.seq,
+        cfg.val_windows,
+        cfg.batch,
+    )
+}
+
+/// The mean validation loss of a decoder with shapes `model` and `weights` on validation
+/// windows of `seq` tokens — at least `min_windows`, and at least one from every validation
+/// file — with the bigram baseline's loss on the same windows and the target tokens counted.
+/// Two models measured with the same `seq` and `min_windows` see exactly the same windows, which
+/// is what makes a model card's comparison with the model it replaces fair.
+pub fn validate_model(
+    model: &ModelConfig,
+    weights: HashMap<String, Tensor>,
+    corpus: &Corpus,
+    seq: usize,
+    min_windows: usize,
+    batch: usize,
+) -> Result<(f64, f64, u64)> {
     let dev = Device::Cpu;
     let decoder = Decoder::new(
-        cfg.model.num_tokens,
-        &cfg.model.decoder,
+        model.num_tokens,
+        &model.decoder,
         VarBuilder::from_tensors(weights, DType::F32, &dev),
     )?;
     let pad = crate::tokenizer::Tokenizer::reference().pad_id();
     // At least one window from every validation file: a card's number is measured once, so it
     // can afford more windows than the run's periodic validation.
-    let windows = cfg.val_windows.max(corpus.split_sizes().1);
-    let val = corpus.val_windows(cfg.seq, windows);
-    let (loss, n) = mean_val_loss(&decoder, &val, cfg.seq, cfg.batch, pad)?;
-    let bigram = Bigram::count(cfg.model.num_tokens, corpus.train_docs());
-    let (bigram_loss, _) = bigram.mean_nll(&val, cfg.seq + 1, pad);
+    let windows = min_windows.max(corpus.split_sizes().1);
+    let val = corpus.val_windows(seq, windows);
+    let (loss, n) = mean_val_loss(&decoder, &val, seq, batch.max(1), pad)?;
+    let bigram = Bigram::count(model.num_tokens, corpus.train_docs());
+    let (bigram_loss, _) = bigram.mean_nll(&val, seq + 1, pad);
     Ok((loss, bigram_loss, n))
 }
 

@@ -18,6 +18,8 @@ pub(super) struct ModelCard {
     shapes: Shapes,
     training: Training,
     validation: Validation,
+    /// The model directory the run started from (`--init`), if not from random weights.
+    init: Option<String>,
     /// The run's own `NOTES.md`, quoted as a section of its own; empty without one.
     notes: String,
     reproduce: Reproduce,
@@ -75,6 +77,27 @@ struct Validation {
     window: usize,
     /// The fewest windows measured.
     min_windows: usize,
+    /// This decoder against another model (`--compare`) on the same windows.
+    comparison: Option<Comparison>,
+}
+
+/// `train export --compare`: the model compared with, and one row per window length.
+struct Comparison {
+    model: String,
+    rows: Vec<ComparedWindow>,
+}
+
+/// Both models on the same validation windows of one length.
+pub(super) struct ComparedWindow {
+    pub(super) window: usize,
+    /// This decoder's loss, nats/token.
+    pub(super) this: f64,
+    /// The compared model's loss on the same windows.
+    pub(super) other: f64,
+    /// The compared model's own context (windows past it are beyond what it was trained on).
+    pub(super) other_context: usize,
+    pub(super) bigram: f64,
+    pub(super) tokens: u64,
 }
 
 /// How to run the training again, or on.
@@ -87,7 +110,8 @@ struct Reproduce {
 
 /// What the weights were trained on.
 struct Data {
-    folders: Vec<PathBuf>,
+    /// The data folders, as [`portable`] paths.
+    folders: Vec<String>,
     /// The licence files copied beside the card, relative to it.
     licence_files: Vec<String>,
     /// The data folders' `NOTICE.md` texts, quoted.
@@ -104,18 +128,23 @@ impl ModelCard {
         done: &Exported,
         copied: &[String],
         (loss, bigram, tokens): (f64, f64, u64),
+        comparison: Option<Vec<ComparedWindow>>,
     ) -> Result<ModelCard> {
         let state = checkpoint::load(&args.run.join(CHECKPOINT_FILE), &Device::Cpu)?.state;
         let d = &cfg.model.decoder;
         let data_args: String = cfg
             .data
             .iter()
-            .map(|d| format!(" --data {}", d.display()))
+            .map(|d| format!(" --data {}", portable(d)))
             .collect();
+        let init = cfg
+            .init
+            .as_ref()
+            .map_or(String::new(), |m| format!(" --init {}", portable(m)));
         let command = format!(
-            "cargo run --release -p xtask -- train decoder{data_args} --preset {} --out {} --steps {} --batch {} --seq {} --lr {} --accum {} --warmup {} --seed {}{}",
+            "cargo run --release -p xtask -- train decoder{data_args} --preset {} --out {} --steps {} --batch {} --seq {} --lr {} --accum {} --warmup {} --seed {}{}{init}",
             cfg.preset,
-            args.run.display(),
+            portable(&args.run),
             cfg.steps,
             cfg.batch,
             cfg.seq,
@@ -164,7 +193,12 @@ impl ModelCard {
                 tokens,
                 window: cfg.seq,
                 min_windows: cfg.val_windows,
+                comparison: comparison.map(|rows| Comparison {
+                    model: args.compare.as_deref().map(portable).unwrap_or_default(),
+                    rows,
+                }),
             },
+            init: cfg.init.as_deref().map(portable),
             notes: run_notes(&args.run)?,
             reproduce: Reproduce {
                 command,
@@ -172,7 +206,7 @@ impl ModelCard {
                 out: args.out.clone(),
             },
             data: Data {
-                folders: cfg.data.clone(),
+                folders: cfg.data.iter().map(|d| portable(d)).collect(),
                 licence_files: copied.to_vec(),
                 notices: notices(&cfg.data),
             },
@@ -187,7 +221,7 @@ impl ModelCard {
             return write!(f, "The run is complete: {step} of {steps} steps.");
         }
         let percent = 100.0 * step as f64 / steps as f64;
-        let run = run.display();
+        let run = portable(run);
         write!(
             f,
             "**This is a checkpoint of an ongoing run**: step {step} of {steps} ({percent:.0} %). \
@@ -195,7 +229,7 @@ impl ModelCard {
              `checkpoint.safetensors`, which stay outside the repository) with\n\n\
              ```sh\n{command} --resume\n```\n\n\
              then export again with `cargo xtask train export {run} --out {} --f16`.",
-            out.display()
+            portable(out)
         )
     }
 
@@ -281,6 +315,7 @@ impl ModelCard {
             tokens,
             window,
             min_windows,
+            ref comparison,
         } = self.validation;
         let step = self.training.step;
         let percent = 100.0 * held_out;
@@ -298,7 +333,29 @@ impl ModelCard {
              periodic validation in `metrics.jsonl` uses fewer). The decoder is {gain:.2} \
              nats/token below\n\
              the bigram.\n\n"
-        )
+        )?;
+        let Some(Comparison { model, rows }) = comparison else {
+            return Ok(());
+        };
+        write!(
+            f,
+            "### Against `{model}`\n\n\
+             Both models on exactly the same validation windows (nats/token):\n\n\
+             | window | this decoder | `{model}` | bigram | target tokens |\n|---|---|---|---|---|\n"
+        )?;
+        for r in rows {
+            let beyond = if r.window > r.other_context {
+                format!(" (beyond its {}-token training context)", r.other_context)
+            } else {
+                String::new()
+            };
+            writeln!(
+                f,
+                "| {} tokens | {:.4} | {:.4}{beyond} | {:.4} | {} |",
+                r.window, r.this, r.other, r.bigram, r.tokens
+            )?;
+        }
+        f.write_str("\n")
     }
 
     fn write_reproduce(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -312,8 +369,8 @@ impl ModelCard {
              setup); the run is deterministic for a given seed, bit for bit, whatever the thread \
              count\n\
              (`RAYON_NUM_THREADS` changes the speed only), and across `--resume`.\n\n",
-            run.display(),
-            out.display()
+            portable(run),
+            portable(out)
         )
     }
 
@@ -325,7 +382,7 @@ impl ModelCard {
         } = &self.data;
         let folders = folders
             .iter()
-            .map(|d| format!("`{}`", d.display()))
+            .map(|d| format!("`{d}`"))
             .collect::<Vec<_>>()
             .join(", ");
         let licence_files = if licence_files.is_empty() {
@@ -353,9 +410,16 @@ impl fmt::Display for ModelCard {
         f.write_str(
             "# Continuator default model\n\n\
              A decoder-only transformer over MidiTok REMI tokens (x-transformers layout, see\n\
-             `docs/model-format.md`), pretrained from scratch with `cargo xtask train decoder`.\n\n\
-             ## Status\n\n",
+             `docs/model-format.md`), pretrained with `cargo xtask train decoder`",
         )?;
+        match &self.init {
+            Some(model) => write!(
+                f,
+                ": this run started from the\ndecoder weights of `{model}` (`--init`; see the run notes for that model's own training).\n\n"
+            )?,
+            None => f.write_str(" from scratch.\n\n")?,
+        }
+        f.write_str("## Status\n\n")?;
         self.write_status(f)?;
         f.write_str("\n\n")?;
         self.write_shapes(f)?;
@@ -375,12 +439,68 @@ fn run_notes(run: &Path) -> Result<String> {
     match std::fs::read_to_string(&path) {
         Ok(text) if !text.trim().is_empty() => Ok(format!(
             "## Run notes\n\n(From `{}`.)\n\n{}\n\n",
-            path.display(),
+            portable(&path),
             text.trim()
         )),
         Ok(_) => Ok(String::new()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
         Err(e) => Err(e).with_context(|| format!("{}: cannot read", path.display())),
+    }
+}
+
+/// A path as the card may print it: relative to the working directory (the repository root,
+/// where `cargo xtask` runs), never a machine's absolute path. A path that shares no ancestor
+/// with it keeps only its last two components.
+fn portable(path: &Path) -> String {
+    let absolute = |p: &Path| -> PathBuf {
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::env::current_dir().unwrap_or_default().join(p)
+        };
+        // Lexical normalisation: `a/b/../c` → `a/c` (the data may not exist where the card is
+        // rendered, so no canonicalize).
+        let mut out = PathBuf::new();
+        for c in p.components() {
+            match c {
+                std::path::Component::ParentDir => {
+                    out.pop();
+                }
+                std::path::Component::CurDir => {}
+                c => out.push(c),
+            }
+        }
+        out
+    };
+    let target = absolute(path);
+    let base = absolute(Path::new("."));
+    let common = target
+        .components()
+        .zip(base.components())
+        .take_while(|(a, b)| a == b)
+        .count();
+    // Only the root in common: a machine path with nothing to be relative to.
+    if common <= 1 {
+        let tail: Vec<_> = target.components().rev().take(2).collect();
+        return tail
+            .into_iter()
+            .rev()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join("/");
+    }
+    let ups = base.components().count() - common;
+    let mut rel = PathBuf::new();
+    for _ in 0..ups {
+        rel.push("..");
+    }
+    for c in target.components().skip(common) {
+        rel.push(c);
+    }
+    if rel.as_os_str().is_empty() {
+        ".".into()
+    } else {
+        rel.display().to_string()
     }
 }
 
@@ -412,7 +532,7 @@ fn notices(data: &[PathBuf]) -> String {
             if let Ok(text) = std::fs::read_to_string(&path) {
                 out.push_str(&format!(
                     "\n<!-- copied from {} -->\n\n",
-                    candidate.display()
+                    portable(&candidate)
                 ));
                 let text = format!("\n{text}");
                 out.push_str(&text.replace("\n# ", "\n### ").replace("\n## ", "\n### "));
@@ -425,4 +545,24 @@ fn notices(data: &[PathBuf]) -> String {
             .into();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::portable;
+    use std::path::Path;
+
+    #[test]
+    fn card_paths_are_relative_to_the_working_directory() {
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(portable(Path::new("runs/small")), "runs/small");
+        assert_eq!(portable(&here.join("assets/model")), "assets/model");
+        let sibling = here.parent().unwrap().join("shared/corpus/pop909");
+        assert_eq!(portable(&sibling), "../shared/corpus/pop909");
+        assert_eq!(
+            portable(Path::new("../shared/./corpus/x/../pop909")),
+            "../shared/corpus/pop909"
+        );
+        assert_eq!(portable(&here), ".");
+    }
 }
