@@ -115,6 +115,12 @@ pub struct StepReport {
     /// Tokens generated in the step.
     pub tokens: u64,
     pub seconds: f64,
+    /// Where the step's time went: sampling the rollouts, the discriminator step, the adapter
+    /// step (rewards, teacher forcing, backward), the held-out accuracy (its own samples).
+    pub rollout_seconds: f64,
+    pub discriminator_seconds: f64,
+    pub adapter_seconds: f64,
+    pub heldout_seconds: f64,
     pub tokens_per_s: f64,
 }
 
@@ -510,11 +516,15 @@ impl Scst {
             .flat_map(|r| r.samples.iter().chain(&r.greedy))
             .map(|s| s.len() as u64)
             .sum();
+        let rollout_seconds = started.elapsed().as_secs_f64();
+        let clock = Instant::now();
 
         let mut discriminator_loss = None;
         if phase.trains_discriminator() && self.cfg.control != Control::FrozenDiscriminator {
             discriminator_loss = Some(self.discriminator_step(&rolls, &mut rng)?);
         }
+        let discriminator_seconds = clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
         let (mut reward_sample, mut reward_baseline, mut kl, mut fm) = (None, None, None, None);
         if phase.trains_adapter() {
             let r = self.adapter_step(&rolls, &mut rng)?;
@@ -524,7 +534,10 @@ impl Scst {
             fm = r.3;
         }
 
+        let adapter_seconds = clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
         let accuracy = self.heldout_accuracy(step)?;
+        let heldout_seconds = clock.elapsed().as_secs_f64();
         let smoothed = self
             .cfg
             .phases
@@ -560,6 +573,10 @@ impl Scst {
                 accuracy_smoothed: smoothed,
                 tokens,
                 seconds,
+                rollout_seconds,
+                discriminator_seconds,
+                adapter_seconds,
+                heldout_seconds,
                 tokens_per_s: tokens as f64 / seconds.max(1e-9),
             },
             switch,
