@@ -15,6 +15,7 @@ pub mod midi;
 pub mod models;
 pub mod sampling;
 pub mod steering;
+pub mod threads;
 pub mod time;
 pub mod tokenizer;
 pub mod training;
