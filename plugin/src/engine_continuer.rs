@@ -15,7 +15,9 @@ use engine::midi::{Note, Score, TimeSignatureChange};
 use engine::models::{LoadOptions, Model, ModelFiles, Precision};
 use engine::time::{GridTicks, Ticks};
 
-use crate::continuer::{ContinueError, ContinueRequest, Continuer, GridNote, GridPrime};
+use crate::continuer::{
+    ContinueError, ContinueRequest, Continuer, Generated, GridNote, GridPrime, Variation,
+};
 
 pub struct EngineContinuer {
     model: Model,
@@ -137,6 +139,26 @@ fn score(prime: &GridPrime) -> Score {
 }
 
 impl Continuer for EngineContinuer {
+    fn set_style(&mut self, adapter: Option<&Path>) -> Result<(), ContinueError> {
+        match adapter {
+            None => self.model.adapter = None,
+            Some(file) => {
+                let opts = LoadOptions {
+                    precision: Precision::Q8,
+                    ..LoadOptions::default()
+                };
+                // The engine checks every tensor's name and shape before replacing anything: a
+                // file for another model leaves the current adapter (or none) in place.
+                self.model
+                    .load_adapter(file, &opts)
+                    .map_err(|e| ContinueError::Style(e.to_string()))?;
+            }
+        }
+        // The cached listening window was computed without (or with another) adapter.
+        self.prefix = None;
+        Ok(())
+    }
+
     fn listening(&mut self, prime: &GridPrime) {
         let Ok(generator) = Generator::new(&self.model) else {
             return;
@@ -163,8 +185,8 @@ impl Continuer for EngineContinuer {
     fn continue_phrase(
         &mut self,
         request: &ContinueRequest,
-        emit: &mut dyn FnMut(GridNote) -> ControlFlow<()>,
-    ) -> Result<(), ContinueError> {
+        emit: &mut dyn FnMut(Variation, GridNote) -> ControlFlow<()>,
+    ) -> Result<Generated, ContinueError> {
         let generator =
             Generator::new(&self.model).map_err(|e| ContinueError::Failed(e.to_string()))?;
         let bar_ticks = request.prime.time_signature.grid_ticks_per_bar().0.max(1);
@@ -173,7 +195,7 @@ impl Continuer for EngineContinuer {
             temperature: request.temperature,
             top_p: request.top_p,
             seed: request.seed,
-            variations: 1,
+            variations: request.variations.max(1) as usize,
             // The plugin picks its own start (its Start parameter): the engine keeps it.
             start: Start::Now,
             steering: request.steering,
@@ -203,15 +225,22 @@ impl Continuer for EngineContinuer {
         let start = GridTicks::from_quarters(prime.start_quarters());
         let result =
             generator.generate_from(self.prefix.as_ref(), &prime, &settings, None, |note| {
-                emit(GridNote {
+                let grid = GridNote {
                     onset: GridTicks(start.0 + GridTicks::from_quarters(note.onset).0),
                     duration: GridTicks(GridTicks::from_quarters(note.duration).0.max(1)),
                     key: note.pitch,
                     velocity: note.velocity,
-                })
+                };
+                emit(note.variation, grid)
             });
         match result {
-            Ok(_) | Err(GenerationError::Cancelled) => Ok(()),
+            Ok((_, stats)) => {
+                let seconds = stats.total.as_secs_f32();
+                Ok(Generated {
+                    tokens_per_second: (seconds > 0.0).then(|| stats.tokens as f32 / seconds),
+                })
+            }
+            Err(GenerationError::Cancelled) => Ok(Generated::default()),
             Err(GenerationError::EmptyPrime) => {
                 Err(ContinueError::Failed("nothing played to continue".into()))
             }
@@ -266,13 +295,14 @@ mod tests {
             seed: 7,
             steering: engine::steering::Steering::default(),
             memory: Vec::new(),
+            variations: 1,
         }
     }
 
     fn continue_with(continuer: &mut EngineContinuer, request: &ContinueRequest) -> Vec<GridNote> {
         let mut notes = Vec::new();
         continuer
-            .continue_phrase(request, &mut |note| {
+            .continue_phrase(request, &mut |_, note| {
                 notes.push(note);
                 ControlFlow::Continue(())
             })
@@ -424,12 +454,39 @@ mod tests {
         let first = continue_with(&mut continuer, &request);
         assert_eq!(first, continue_with(&mut continuer, &request));
         let mut count = 0;
-        let result = continuer.continue_phrase(&request, &mut |_| {
+        let result = continuer.continue_phrase(&request, &mut |_, _| {
             count += 1;
             ControlFlow::Break(())
         });
-        assert_eq!(result, Ok(()));
+        assert_eq!(result, Ok(Generated::default()));
         assert!(count <= 1);
+    }
+
+    #[test]
+    fn variations_stream_side_by_side_and_the_first_is_the_single_take() {
+        let single = request(TimeSignature::default());
+        let mut continuer = EngineContinuer::from_model(tiny_model()).unwrap();
+        let alone = continue_with(&mut continuer, &single);
+        let mut by_variation = vec![Vec::new(); 3];
+        let generated = continuer
+            .continue_phrase(
+                &ContinueRequest {
+                    variations: 3,
+                    ..single.clone()
+                },
+                &mut |v, note| {
+                    by_variation[v].push(note);
+                    ControlFlow::Continue(())
+                },
+            )
+            .unwrap();
+        assert!(generated.tokens_per_second.is_some_and(|r| r > 0.0));
+        assert!(by_variation.iter().all(|v| !v.is_empty()));
+        assert_ne!(by_variation[0], by_variation[1], "different seeds");
+        assert_eq!(
+            by_variation[0], alone,
+            "variation 0 has the request's own seed"
+        );
     }
 
     #[test]
