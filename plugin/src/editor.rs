@@ -182,6 +182,7 @@ impl NiceEguiApp for StatusApp {
             ui.label("Variations (click to pick)");
             let gap = 6.0;
             let each = (width - gap * (candidates as f32 - 1.0)) / candidates as f32;
+            let small = view.roll.continuation_bars();
             ui.horizontal(|ui| {
                 ui.spacing_mut().item_spacing.x = gap;
                 for n in 0..candidates {
@@ -190,7 +191,7 @@ impl NiceEguiApp for StatusApp {
                     roll::paint(
                         ui.painter(),
                         rect,
-                        &view.roll,
+                        &small,
                         Shown::Candidate(n),
                         transport.position,
                     );

@@ -29,6 +29,36 @@ pub struct Roll {
     pub picked: usize,
 }
 
+impl Roll {
+    /// The same roll from the bar the continuation starts in: what a small candidate roll
+    /// shows, so the candidates' notes are not squeezed by the bars before them.
+    pub fn continuation_bars(&self) -> Roll {
+        let bar = self.meter.grid_ticks_per_bar().0.max(1);
+        let first_bar = self.transition.map_or(0, |t| t.div_euclid(bar)).max(0);
+        let shift = first_bar * bar;
+        let moved = |notes: &Vec<SavedNote>| {
+            notes
+                .iter()
+                .map(|n| SavedNote {
+                    onset: n.onset - shift,
+                    ..*n
+                })
+                .collect()
+        };
+        Roll {
+            meter: self.meter,
+            bars: self.bars.saturating_sub(first_bar as u32).max(1),
+            origin: self
+                .origin
+                .map(|o| o + engine::time::GridTicks(shift).to_quarters()),
+            heard: Vec::new(),
+            transition: self.transition.map(|t| t - shift),
+            variations: self.variations.iter().map(moved).collect(),
+            picked: self.picked,
+        }
+    }
+}
+
 /// One line of the take list.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TakeLine {
@@ -103,4 +133,35 @@ pub type ViewOutput = Arc<Mutex<triple_buffer::Output<EditorView>>>;
 pub fn view_channel() -> (ViewInput, ViewOutput) {
     let (input, output) = triple_buffer::triple_buffer(&EditorView::default());
     (input, Arc::new(Mutex::new(output)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_candidate_roll_starts_at_the_continuations_bar() {
+        let note = |onset| SavedNote {
+            onset,
+            duration: 6,
+            key: 60,
+            velocity: 90,
+        };
+        let roll = Roll {
+            meter: TimeSignature::new(3, 4).unwrap(),
+            bars: 6,
+            origin: Some(Beats(30.0)),
+            heard: vec![note(0)],
+            transition: Some(4 * 36 + 12),
+            variations: vec![vec![note(4 * 36 + 12), note(5 * 36)]],
+            picked: 0,
+        };
+        let small = roll.continuation_bars();
+        assert_eq!(small.bars, 2);
+        assert_eq!(small.transition, Some(12));
+        assert_eq!(small.origin, Some(Beats(42.0)));
+        assert!(small.heard.is_empty());
+        assert_eq!(small.variations[0][0].onset, 12);
+        assert_eq!(small.variations[0][1].onset, 36);
+    }
 }

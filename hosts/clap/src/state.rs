@@ -21,7 +21,7 @@ const CHANGES: &[(&str, f64)] = &[
     ("Top-p", 0.5),
     ("Key", 5.0),
     ("Density", 4.0),
-    ("Faithfulness", 0.25),
+    ("Faithfulness", 0.6),
     ("Lowest note", 9.0),
     ("Output channel", 2.0),
 ];
