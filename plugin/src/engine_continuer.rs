@@ -21,6 +21,8 @@ use crate::continuer::{
 
 pub struct EngineContinuer {
     model: Model,
+    /// How the model's weights were loaded; a style adapter is loaded the same way.
+    precision: Precision,
     /// The listening window's tokens already in the model's cache (incremental prefill): a
     /// continuation whose prime begins with them only processes the rest.
     prefix: Option<Prefix>,
@@ -99,7 +101,9 @@ impl EngineContinuer {
         if let Some(adapter) = adapter {
             model.load_adapter(adapter, &opts).map_err(|e| fail(&e))?;
         }
-        EngineContinuer::from_model(model).map_err(|e| fail(&e))
+        let mut continuer = EngineContinuer::from_model(model).map_err(|e| fail(&e))?;
+        continuer.precision = opts.precision;
+        Ok(continuer)
     }
 
     /// Wraps a loaded model; fails now, not at the first trigger, if its vocabulary breaks the
@@ -108,6 +112,8 @@ impl EngineContinuer {
         Generator::new(&model)?;
         Ok(EngineContinuer {
             model,
+            // What `Model::random` and the tests' models hold; `load` says otherwise.
+            precision: Precision::F32,
             prefix: None,
         })
     }
@@ -144,7 +150,7 @@ impl Continuer for EngineContinuer {
             None => self.model.adapter = None,
             Some(file) => {
                 let opts = LoadOptions {
-                    precision: Precision::Q8,
+                    precision: self.precision,
                     ..LoadOptions::default()
                 };
                 // The engine checks every tensor's name and shape before replacing anything: a
@@ -460,6 +466,56 @@ mod tests {
         });
         assert_eq!(result, Ok(Generated::default()));
         assert!(count <= 1);
+    }
+
+    /// An adapter file for the tiny model, every tensor the shape `specs` says except those
+    /// named in `wrong`, which get one row too many.
+    fn adapter_file(dir: &Path, name: &str, wrong: &[&str]) -> PathBuf {
+        let model = tiny_model();
+        let cfg = model.config.adapter.clone().unwrap();
+        let specs = engine::models::Adapter::tensor_specs(
+            &cfg,
+            model.config.decoder.dim,
+            model.config.num_tokens,
+        );
+        let tensors: std::collections::HashMap<String, candle_core::Tensor> = specs
+            .into_iter()
+            .map(|(name, mut shape)| {
+                if wrong.contains(&name.as_str()) {
+                    shape[0] += 1;
+                }
+                let t = candle_core::Tensor::randn(0f32, 0.02, shape, &candle_core::Device::Cpu)
+                    .unwrap();
+                (name, t)
+            })
+            .collect();
+        let file = dir.join(name);
+        candle_core::safetensors::save(&tensors, &file).unwrap();
+        file
+    }
+
+    #[test]
+    fn a_style_that_does_not_fit_is_refused_by_name_and_the_previous_one_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = adapter_file(dir.path(), "jazz.safetensors", &[]);
+        let bad = adapter_file(dir.path(), "other-model.safetensors", &["to_logits.weight"]);
+        let mut continuer = EngineContinuer::from_model(tiny_model()).unwrap();
+        continuer.set_style(Some(&good)).unwrap();
+        assert!(continuer.model.adapter.is_some());
+        let styled = continue_with(&mut continuer, &request(TimeSignature::default()));
+        let err = continuer.set_style(Some(&bad)).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("other-model.safetensors"), "{message}");
+        assert!(message.contains("to_logits.weight"), "{message}");
+        // The previous style still plays, exactly as before.
+        assert_eq!(
+            continue_with(&mut continuer, &request(TimeSignature::default())),
+            styled
+        );
+        let missing = dir.path().join("missing.safetensors");
+        assert!(continuer.set_style(Some(&missing)).is_err());
+        continuer.set_style(None).unwrap();
+        assert!(continuer.model.adapter.is_none());
     }
 
     #[test]
