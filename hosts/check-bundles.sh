@@ -9,7 +9,7 @@
 # loaded into a fresh instance (parameters and the take come back, Replay plays it). The
 # test-continuer CLAP bundle's editor is also opened under Xvfb in three states and screenshotted
 # (target/editor/editor-{empty,listening,variations}.png). The product bundle is rebuilt
-# afterwards:
+# afterwards, played in real time, and soaked (many takes in a row):
 #   cargo xtask bundle continuator --release
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,3 +31,6 @@ target/debug/continuator-vst3-host target/bundled/Continuator.vst3 --instrument 
 cargo xtask bundle continuator
 target/debug/continuator-clap-host target/bundled/Continuator.clap --model-continuation
 target/debug/continuator-vst3-host target/bundled/Continuator.vst3 --model-continuation
+# Takes in a row with the real model, loop jumps, stops and bypass in between: no hanging note, no
+# unanswered phrase, resident memory flat. 200 keeps CI at ~2.5 min; `--soak 1000` is the full run.
+target/debug/continuator-clap-host target/bundled/Continuator.clap --soak 200

@@ -741,6 +741,14 @@ impl Inference {
         let last = notes.last().unwrap_or(first);
         let bars = sig.bar_index(last.onset) - sig.bar_index(first.onset) + 1;
         if bars >= i64::from(knobs.listen_bars) {
+            tracing::debug!(
+                current = self.current_take,
+                active = self.shared.active_take(),
+                position = view.position.0,
+                take_end = self.take_end.0,
+                phrase_start = self.phrase_start.0,
+                "pause heard"
+            );
             true
         } else {
             // Too short to answer: this pause ends the phrase, the next one starts afresh.
@@ -1624,5 +1632,32 @@ mod tests {
         assert_eq!(rig.editor().style, None);
         assert_eq!(*rig.persisted.adapter_path.read(), None);
         assert_eq!(*style.lock().unwrap(), None);
+    }
+
+    #[test]
+    fn a_one_bar_phrase_gets_one_answer() {
+        let mut rig = Rig::new(120.0, TimeSignature::default(), Vec::new(), true);
+        {
+            let mut k = rig.knobs.lock().unwrap();
+            k.listen_bars = 1;
+            k.continue_bars = 1;
+            k.auto_silence = Beats(0.25);
+        }
+        let phrase: Vec<(f64, u8, bool)> = (0..3)
+            .flat_map(|b| {
+                [
+                    (f64::from(b), 60 + b as u8, true),
+                    (f64::from(b) + 0.9, 60 + b as u8, false),
+                ]
+            })
+            .collect();
+        rig.run_until(8.0, &phrase);
+        let requests = rig.requests.lock().unwrap().clone();
+        assert_eq!(
+            requests.len(),
+            1,
+            "{:?}",
+            requests.iter().map(|r| r.start).collect::<Vec<_>>()
+        );
     }
 }

@@ -21,8 +21,12 @@
 //! `--state-roundtrip` (a `test-continuer` build) plays a continuation with three variations,
 //! saves the plugin's state, loads it into a fresh instance, and checks that every parameter came
 //! back and that the Replay button plays the same take again (see [`state`]).
+//!
+//! `--soak N` plays N takes in a row with loop jumps, stops and bypass in between, and checks
+//! that none hangs a note or goes unanswered and that memory stays flat (see [`soak`]).
 
 mod editor;
+mod soak;
 mod state;
 
 use std::ffi::CString;
@@ -372,7 +376,7 @@ fn take_flag_value(args: &mut Vec<String>, flag: &str) -> Result<Option<String>>
     };
     args.remove(at);
     if at >= args.len() || args[at].starts_with("--") {
-        bail!("{flag} needs a value (the PNG file to write)");
+        bail!("{flag} needs a value");
     }
     Ok(Some(args.remove(at)))
 }
@@ -387,6 +391,9 @@ fn main() -> Result<()> {
         }
         None => Which::Effect,
     };
+    let soak_takes = take_flag_value(&mut args, "--soak")?
+        .map(|n| n.parse::<u32>().context("--soak needs a number of takes"))
+        .transpose()?;
     let roundtrip = match args.iter().position(|a| a == "--state-roundtrip") {
         Some(at) => {
             args.remove(at);
@@ -417,6 +424,9 @@ fn main() -> Result<()> {
     }
     if roundtrip {
         return state::roundtrip(|| ClapPlugin::load(&entry, which));
+    }
+    if let Some(takes) = soak_takes {
+        return soak::soak(ClapPlugin::load(&entry, which)?, takes);
     }
     scenario::play_all(|| ClapPlugin::load(&entry, which), expect)?;
     if which == Which::Instrument {
