@@ -5,8 +5,8 @@
 //! musician plays again. Every 7th take the transport loops back mid-take, every 11th it stops for
 //! a moment, every 13th the plugin is bypassed for a bar; those takes are cut short on purpose.
 //! Every other phrase must get an answer (at most [`MAX_SILENT_ANSWERS`] of them silent), no note
-//! may be left sounding at a stop or at the end, and the host's resident memory may grow by at most 5 % from take 100 to take N.
-//! The transport runs at [`SOAK_SPEEDUP`] times real time.
+//! may be left sounding at a stop or at the end, and the host's resident memory may grow by at
+//! most 5 % from take 100 to take N. The transport runs at [`SOAK_SPEEDUP`] times real time.
 
 use std::collections::HashMap;
 
