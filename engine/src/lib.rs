@@ -16,6 +16,7 @@ pub mod models;
 pub mod rerank;
 pub mod sampling;
 pub mod steering;
+pub mod threads;
 pub mod time;
 pub mod tokenizer;
 pub mod training;

@@ -40,6 +40,7 @@ fn main() {
         seed: 0,
         steering: engine::steering::Steering::default(),
         memory: Vec::new(),
+        variations: 1,
     };
     for warm in [false, true] {
         let mut firsts = Vec::new();
@@ -54,7 +55,7 @@ fn main() {
             let started = Instant::now();
             let mut first = None;
             continuer
-                .continue_phrase(&request, &mut |_| {
+                .continue_phrase(&request, &mut |_, _| {
                     first = Some(started.elapsed());
                     ControlFlow::Break(())
                 })

@@ -7,6 +7,7 @@
 //! timeline.
 
 use std::ops::ControlFlow;
+use std::path::Path;
 
 use engine::steering::Steering;
 use engine::time::{GridTicks, TimeSignature};
@@ -54,6 +55,20 @@ pub struct ContinueRequest {
     /// The playing memory (everything played since the project opened, the first note's bar
     /// at 0): what faithfulness follows besides the prime.
     pub memory: Vec<GridNote>,
+    /// How many candidate continuations to make at once (variations `0..variations`, each with
+    /// its own seed derived from `seed`); at least one.
+    pub variations: u32,
+}
+
+/// Which candidate of a request a streamed note belongs to, `0..ContinueRequest::variations`.
+pub type Variation = usize;
+
+/// What a finished continuation cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Generated {
+    /// Tokens sampled (all variations) per second of generation, when the continuer samples
+    /// tokens at all (a scripted stand-in does not).
+    pub tokens_per_second: Option<f32>,
 }
 
 /// Why a continuation could not be produced; shown in the GUI status.
@@ -63,23 +78,33 @@ pub enum ContinueError {
     NoModel(String),
     #[error("generation failed: {0}")]
     Failed(String),
+    #[error("cannot use this style: {0}")]
+    Style(String),
 }
 
 /// Something that continues a phrase: the engine's model in the product, a script in tests.
 pub trait Continuer: Send {
-    /// Streams the continuation of `request`, note by note in onset order, as soon as each is
-    /// sampled: `emit` returns [`ControlFlow::Break`] when the take was cancelled (the musician
-    /// played over it, the transport moved) or no more notes are wanted, and the implementation
-    /// should then return promptly.
+    /// Streams the continuations of `request`, note by note (in onset order within each
+    /// variation), as soon as each is sampled: `emit` returns [`ControlFlow::Break`] when the
+    /// take was cancelled (the musician played over it, the transport moved) or no more notes
+    /// are wanted, and the implementation should then return promptly.
     fn continue_phrase(
         &mut self,
         request: &ContinueRequest,
-        emit: &mut dyn FnMut(GridNote) -> ControlFlow<()>,
-    ) -> Result<(), ContinueError>;
+        emit: &mut dyn FnMut(Variation, GridNote) -> ControlFlow<()>,
+    ) -> Result<Generated, ContinueError>;
 
     /// The prime a continuation starting at the next bar line would get, handed over as soon as
     /// the musician finishes a bar, for incremental prefill: an implementation may feed it to the
     /// model's cache now, so that when a continuation is asked for only what came after is left
     /// to process. The default ignores it.
     fn listening(&mut self, _prime: &GridPrime) {}
+
+    /// Continues in the style of the adapter file `adapter` from now on (`None`: the model
+    /// alone). A file that does not fit the model is refused and the previous style stays.
+    fn set_style(&mut self, _adapter: Option<&Path>) -> Result<(), ContinueError> {
+        Err(ContinueError::Style(
+            "this build continues without a model, so it has no styles".into(),
+        ))
+    }
 }

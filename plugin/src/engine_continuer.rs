@@ -15,10 +15,14 @@ use engine::midi::{Note, Score, TimeSignatureChange};
 use engine::models::{LoadOptions, Model, ModelFiles, Precision};
 use engine::time::{GridTicks, Ticks};
 
-use crate::continuer::{ContinueError, ContinueRequest, Continuer, GridNote, GridPrime};
+use crate::continuer::{
+    ContinueError, ContinueRequest, Continuer, Generated, GridNote, GridPrime, Variation,
+};
 
 pub struct EngineContinuer {
     model: Model,
+    /// How the model's weights were loaded; a style adapter is loaded the same way.
+    precision: Precision,
     /// The listening window's tokens already in the model's cache (incremental prefill): a
     /// continuation whose prime begins with them only processes the rest.
     prefix: Option<Prefix>,
@@ -97,7 +101,9 @@ impl EngineContinuer {
         if let Some(adapter) = adapter {
             model.load_adapter(adapter, &opts).map_err(|e| fail(&e))?;
         }
-        EngineContinuer::from_model(model).map_err(|e| fail(&e))
+        let mut continuer = EngineContinuer::from_model(model).map_err(|e| fail(&e))?;
+        continuer.precision = opts.precision;
+        Ok(continuer)
     }
 
     /// Wraps a loaded model; fails now, not at the first trigger, if its vocabulary breaks the
@@ -106,6 +112,8 @@ impl EngineContinuer {
         Generator::new(&model)?;
         Ok(EngineContinuer {
             model,
+            // What `Model::random` and the tests' models hold; `load` says otherwise.
+            precision: Precision::F32,
             prefix: None,
         })
     }
@@ -137,6 +145,26 @@ fn score(prime: &GridPrime) -> Score {
 }
 
 impl Continuer for EngineContinuer {
+    fn set_style(&mut self, adapter: Option<&Path>) -> Result<(), ContinueError> {
+        match adapter {
+            None => self.model.adapter = None,
+            Some(file) => {
+                let opts = LoadOptions {
+                    precision: self.precision,
+                    ..LoadOptions::default()
+                };
+                // The engine checks every tensor's name and shape before replacing anything: a
+                // file for another model leaves the current adapter (or none) in place.
+                self.model
+                    .load_adapter(file, &opts)
+                    .map_err(|e| ContinueError::Style(e.to_string()))?;
+            }
+        }
+        // The cached listening window was computed without (or with another) adapter.
+        self.prefix = None;
+        Ok(())
+    }
+
     fn listening(&mut self, prime: &GridPrime) {
         let Ok(generator) = Generator::new(&self.model) else {
             return;
@@ -163,8 +191,8 @@ impl Continuer for EngineContinuer {
     fn continue_phrase(
         &mut self,
         request: &ContinueRequest,
-        emit: &mut dyn FnMut(GridNote) -> ControlFlow<()>,
-    ) -> Result<(), ContinueError> {
+        emit: &mut dyn FnMut(Variation, GridNote) -> ControlFlow<()>,
+    ) -> Result<Generated, ContinueError> {
         let generator =
             Generator::new(&self.model).map_err(|e| ContinueError::Failed(e.to_string()))?;
         let bar_ticks = request.prime.time_signature.grid_ticks_per_bar().0.max(1);
@@ -173,7 +201,7 @@ impl Continuer for EngineContinuer {
             temperature: request.temperature,
             top_p: request.top_p,
             seed: request.seed,
-            variations: 1,
+            variations: request.variations.max(1) as usize,
             // The plugin picks its own start (its Start parameter): the engine keeps it.
             start: Start::Now,
             steering: request.steering,
@@ -203,15 +231,22 @@ impl Continuer for EngineContinuer {
         let start = GridTicks::from_quarters(prime.start_quarters());
         let result =
             generator.generate_from(self.prefix.as_ref(), &prime, &settings, None, |note| {
-                emit(GridNote {
+                let grid = GridNote {
                     onset: GridTicks(start.0 + GridTicks::from_quarters(note.onset).0),
                     duration: GridTicks(GridTicks::from_quarters(note.duration).0.max(1)),
                     key: note.pitch,
                     velocity: note.velocity,
-                })
+                };
+                emit(note.variation, grid)
             });
         match result {
-            Ok(_) | Err(GenerationError::Cancelled) => Ok(()),
+            Ok((_, stats)) => {
+                let seconds = stats.total.as_secs_f32();
+                Ok(Generated {
+                    tokens_per_second: (seconds > 0.0).then(|| stats.tokens as f32 / seconds),
+                })
+            }
+            Err(GenerationError::Cancelled) => Ok(Generated::default()),
             Err(GenerationError::EmptyPrime) => {
                 Err(ContinueError::Failed("nothing played to continue".into()))
             }
@@ -266,13 +301,14 @@ mod tests {
             seed: 7,
             steering: engine::steering::Steering::default(),
             memory: Vec::new(),
+            variations: 1,
         }
     }
 
     fn continue_with(continuer: &mut EngineContinuer, request: &ContinueRequest) -> Vec<GridNote> {
         let mut notes = Vec::new();
         continuer
-            .continue_phrase(request, &mut |note| {
+            .continue_phrase(request, &mut |_, note| {
                 notes.push(note);
                 ControlFlow::Continue(())
             })
@@ -424,12 +460,89 @@ mod tests {
         let first = continue_with(&mut continuer, &request);
         assert_eq!(first, continue_with(&mut continuer, &request));
         let mut count = 0;
-        let result = continuer.continue_phrase(&request, &mut |_| {
+        let result = continuer.continue_phrase(&request, &mut |_, _| {
             count += 1;
             ControlFlow::Break(())
         });
-        assert_eq!(result, Ok(()));
+        assert_eq!(result, Ok(Generated::default()));
         assert!(count <= 1);
+    }
+
+    /// An adapter file for the tiny model, every tensor the shape `specs` says except those
+    /// named in `wrong`, which get one row too many.
+    fn adapter_file(dir: &Path, name: &str, wrong: &[&str]) -> PathBuf {
+        let model = tiny_model();
+        let cfg = model.config.adapter.clone().unwrap();
+        let specs = engine::models::Adapter::tensor_specs(
+            &cfg,
+            model.config.decoder.dim,
+            model.config.num_tokens,
+        );
+        let tensors: std::collections::HashMap<String, candle_core::Tensor> = specs
+            .into_iter()
+            .map(|(name, mut shape)| {
+                if wrong.contains(&name.as_str()) {
+                    shape[0] += 1;
+                }
+                let t = candle_core::Tensor::randn(0f32, 0.02, shape, &candle_core::Device::Cpu)
+                    .unwrap();
+                (name, t)
+            })
+            .collect();
+        let file = dir.join(name);
+        candle_core::safetensors::save(&tensors, &file).unwrap();
+        file
+    }
+
+    #[test]
+    fn a_style_that_does_not_fit_is_refused_by_name_and_the_previous_one_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = adapter_file(dir.path(), "jazz.safetensors", &[]);
+        let bad = adapter_file(dir.path(), "other-model.safetensors", &["to_logits.weight"]);
+        let mut continuer = EngineContinuer::from_model(tiny_model()).unwrap();
+        continuer.set_style(Some(&good)).unwrap();
+        assert!(continuer.model.adapter.is_some());
+        let styled = continue_with(&mut continuer, &request(TimeSignature::default()));
+        let err = continuer.set_style(Some(&bad)).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("other-model.safetensors"), "{message}");
+        assert!(message.contains("to_logits.weight"), "{message}");
+        // The previous style still plays, exactly as before.
+        assert_eq!(
+            continue_with(&mut continuer, &request(TimeSignature::default())),
+            styled
+        );
+        let missing = dir.path().join("missing.safetensors");
+        assert!(continuer.set_style(Some(&missing)).is_err());
+        continuer.set_style(None).unwrap();
+        assert!(continuer.model.adapter.is_none());
+    }
+
+    #[test]
+    fn variations_stream_side_by_side_and_the_first_is_the_single_take() {
+        let single = request(TimeSignature::default());
+        let mut continuer = EngineContinuer::from_model(tiny_model()).unwrap();
+        let alone = continue_with(&mut continuer, &single);
+        let mut by_variation = vec![Vec::new(); 3];
+        let generated = continuer
+            .continue_phrase(
+                &ContinueRequest {
+                    variations: 3,
+                    ..single.clone()
+                },
+                &mut |v, note| {
+                    by_variation[v].push(note);
+                    ControlFlow::Continue(())
+                },
+            )
+            .unwrap();
+        assert!(generated.tokens_per_second.is_some_and(|r| r > 0.0));
+        assert!(by_variation.iter().all(|v| !v.is_empty()));
+        assert_ne!(by_variation[0], by_variation[1], "different seeds");
+        assert_eq!(
+            by_variation[0], alone,
+            "variation 0 has the request's own seed"
+        );
     }
 
     #[test]

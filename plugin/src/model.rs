@@ -7,20 +7,21 @@
 
 use crate::inference::Loader;
 
-/// The loader for the embedded default model, or for the user's adapter at `adapter_path`.
+/// The loader for the embedded default model (or `CONTINUATOR_MODEL_DIR`'s). The project's
+/// style adapter is applied afterwards (see [`crate::continuer::Continuer::set_style`]), so that
+/// a style file that does not fit leaves a working model.
 #[cfg(not(feature = "test-continuer"))]
-pub fn loader(adapter_path: Option<String>) -> Loader {
+pub fn loader() -> Loader {
     Box::new(move || {
         let source = crate::engine_continuer::ModelSource::from_env();
-        let adapter = adapter_path.as_deref().map(std::path::Path::new);
-        let continuer = crate::engine_continuer::EngineContinuer::load(&source, adapter)?;
+        let continuer = crate::engine_continuer::EngineContinuer::load(&source, None)?;
         Ok(Box::new(continuer) as Box<dyn crate::continuer::Continuer>)
     })
 }
 
 /// Test builds for the headless hosts: a scripted continuation instead of a model.
 #[cfg(feature = "test-continuer")]
-pub fn loader(_adapter_path: Option<String>) -> Loader {
+pub fn loader() -> Loader {
     tracing::warn!("continuator built with the `test-continuer` feature: scripted continuations");
     Box::new(|| Ok(Box::new(scripted::EighthNotes) as Box<dyn crate::continuer::Continuer>))
 }
@@ -29,33 +30,38 @@ pub fn loader(_adapter_path: Option<String>) -> Loader {
 mod scripted {
     use std::ops::ControlFlow;
 
-    use crate::continuer::{ContinueError, ContinueRequest, Continuer, GridNote};
+    use crate::continuer::{
+        ContinueError, ContinueRequest, Continuer, Generated, GridNote, Variation,
+    };
     use engine::time::GridTicks;
 
-    /// Eighth notes from the requested start to its end, walking up a scale.
+    /// Eighth notes from the requested start to its end, walking up a scale; variation `v`
+    /// starts `v` steps higher on it, so candidates differ where a screenshot can see it.
     pub struct EighthNotes;
 
     impl Continuer for EighthNotes {
         fn continue_phrase(
             &mut self,
             request: &ContinueRequest,
-            emit: &mut dyn FnMut(GridNote) -> ControlFlow<()>,
-        ) -> Result<(), ContinueError> {
+            emit: &mut dyn FnMut(Variation, GridNote) -> ControlFlow<()>,
+        ) -> Result<Generated, ContinueError> {
             let step = i64::from(GridTicks::PER_QUARTER / 2);
             let end = request.start.0 + request.length.0;
             for (i, onset) in (request.start.0..end).step_by(step as usize).enumerate() {
-                let key = 60 + [0, 2, 4, 5, 7, 9, 11, 12][i % 8];
-                let note = GridNote {
-                    onset: GridTicks(onset),
-                    duration: GridTicks(step - 1),
-                    key,
-                    velocity: 90,
-                };
-                if emit(note).is_break() {
-                    break;
+                for variation in 0..request.variations.max(1) as usize {
+                    let key = 60 + [0, 2, 4, 5, 7, 9, 11, 12][(i + variation) % 8];
+                    let note = GridNote {
+                        onset: GridTicks(onset),
+                        duration: GridTicks(step - 1),
+                        key,
+                        velocity: 90,
+                    };
+                    if emit(variation, note).is_break() {
+                        return Ok(Generated::default());
+                    }
                 }
             }
-            Ok(())
+            Ok(Generated::default())
         }
     }
 }

@@ -11,6 +11,8 @@ use engine::key::Key;
 use engine::steering::{KeyLock, PitchRange, Steering};
 
 use crate::realtime::{BlockSettings, TriggerBinding};
+use crate::restored::Restored;
+use crate::takes::SavedTake;
 
 /// When Continuator plays.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,11 +75,16 @@ pub struct ContinuatorParams {
     pub temperature: FloatParam,
     #[id = "top-p"]
     pub top_p: FloatParam,
-    /// How many different takes successive triggers cycle through for the same phrase before
-    /// repeating one (each variation is a different sampling seed); 1 makes continuations
-    /// repeatable.
+    /// How many candidate continuations each take makes at once (each its own sampling seed),
+    /// shown side by side in the editor; `pick` chooses the one that plays.
     #[id = "variations"]
     pub variations: IntParam,
+    /// Which candidate plays (1-based); automatable, so an arrangement can switch between them.
+    #[id = "pick"]
+    pub pick: IntParam,
+    /// Plays the current take again from the next bar line (a button: its rising edge).
+    #[id = "replay"]
+    pub replay: BoolParam,
     /// The manual trigger; automatable, so a continuation can be written into an arrangement.
     #[id = "trigger"]
     pub trigger: BoolParam,
@@ -117,13 +124,26 @@ pub struct ContinuatorParams {
     /// Forgets the playing memory (a button: turning it on clears, once).
     #[id = "clear-memory"]
     pub clear_memory: BoolParam,
+    /// Worker threads the model runs on: one by default, so that on a busy machine generation
+    /// takes one core and leaves the rest to the host's audio threads.
+    #[id = "model-threads"]
+    pub model_threads: IntParam,
 
-    /// A user adapter (fine-tuned weights) to load instead of the embedded model.
+    /// The Continuator Instrument's preview: a soft sine for every note it sends out, so the
+    /// track is audible without routing its MIDI anywhere (the MIDI effect has no audio).
+    #[id = "preview"]
+    pub preview: BoolParam,
+
+    /// The style: an adapter file (fine-tuned weights) for the model.
     #[persist = "adapter-path"]
-    pub adapter_path: Arc<RwLock<Option<String>>>,
-    /// The last continuation, so reopening the project shows (and can replay) it.
+    pub adapter_path: Restored<Option<String>>,
+    /// The current take (the phrase, its candidates and the pick), so reopening the project
+    /// shows it and the Replay button plays it again.
     #[persist = "last-take"]
-    pub last_take: Arc<RwLock<Vec<SavedNote>>>,
+    pub last_take: Restored<SavedTake>,
+    /// The folder takes are exported to.
+    #[persist = "export-folder"]
+    pub export_folder: Arc<RwLock<String>>,
     /// Everything the musician played since the project opened (bounded): what faithfulness
     /// follows, kept with the project.
     #[persist = "playing-memory"]
@@ -191,7 +211,9 @@ impl Default for ContinuatorParams {
                 },
             )
             .with_step_size(0.01),
-            variations: IntParam::new("Variations", 4, IntRange::Linear { min: 1, max: 16 }),
+            variations: IntParam::new("Variations", 1, IntRange::Linear { min: 1, max: 8 }),
+            pick: IntParam::new("Pick", 1, IntRange::Linear { min: 1, max: 8 }),
+            replay: BoolParam::new("Replay take", false),
             trigger: BoolParam::new("Continue", false),
             thru: BoolParam::new("Thru", true),
             output_channel: IntParam::new(
@@ -255,8 +277,12 @@ impl Default for ContinuatorParams {
                 .with_value_to_string(formatters::v2s_i32_key_formatter())
                 .with_string_to_value(formatters::s2v_i32_key_formatter()),
             clear_memory: BoolParam::new("Clear memory", false),
-            adapter_path: Arc::new(RwLock::new(None)),
-            last_take: Arc::new(RwLock::new(Vec::new())),
+            model_threads: IntParam::new("Model threads", 1, IntRange::Linear { min: 1, max: 16 })
+                .non_automatable(),
+            preview: BoolParam::new("Preview tone", false),
+            adapter_path: Restored::new(None),
+            last_take: Restored::new(SavedTake::default()),
+            export_folder: Arc::new(RwLock::new(String::new())),
             playing_memory: Arc::new(RwLock::new(Vec::new())),
         }
     }

@@ -66,13 +66,9 @@ enum Command {
     },
 }
 
-/// candle 0.11 runs 8-bit matmuls and element-wise kernels on its own pool of spinning worker
-/// threads (sized by `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`). In generation, with two
-/// threads, that pool stalled every decoding step: 23–36 ms a step instead of 0.26 ms for the
-/// 8-bit `small` model (`cargo xtask bench generate --precision q8`, RAYON_NUM_THREADS=2, nothing
-/// else running). The inference commands therefore keep that pool on the calling thread unless
-/// the user sets `CANDLE_NUM_THREADS`; rayon's threads (f32 matmuls, attention) still run in
-/// parallel. Training keeps candle's default. Called first thing, before any thread exists.
+/// The inference commands keep candle's spinning worker pool on the calling thread (see
+/// [`engine::threads`] for the stall it causes otherwise); training keeps candle's default.
+/// Called first thing, before any thread exists.
 fn limit_candle_pool_for_inference() {
     let args: Vec<String> = std::env::args().skip(1).take(2).collect();
     let training = match args.first().map(String::as_str) {
@@ -81,8 +77,8 @@ fn limit_candle_pool_for_inference() {
         Some("bench") => args.get(1).map(String::as_str) == Some("train"),
         _ => false,
     };
-    if !training && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    if !training {
+        engine::threads::keep_candle_spin_pool_on_caller();
     }
 }
 

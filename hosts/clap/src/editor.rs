@@ -1,5 +1,5 @@
-//! `--open-editor OUT.png`: opens the plugin's GUI the way a DAW on Linux does and checks that it
-//! renders.
+//! `--open-editor DIR`: opens the plugin's GUI the way a DAW on Linux does, in three states, and
+//! checks that it renders each.
 //!
 //! The GUI is created through the CLAP gui extension (X11 API, embedded), given a parent window
 //! this host creates on `$DISPLAY`, and shown while the host keeps processing blocks (a few notes
@@ -9,6 +9,12 @@
 //! is a rendered editor: many distinct colours, and hardly any of the parent's background colour
 //! (a colour no editor uses) left showing. Then the GUI is hidden and destroyed, and the plugin
 //! deactivated.
+//!
+//! The three states ([`Scene`]): a fresh plugin with the transport stopped (an empty roll), the
+//! musician playing in Manual mode (their notes in the roll, no continuation), and a continuation
+//! with three variations (the continuation in the roll and three small candidate rolls). Each
+//! screenshot must show the roll (its background colour over a large area) and, as the state
+//! demands, enough pixels of the roll's note colours, or none.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -25,6 +31,73 @@ use x11rb::protocol::xproto::{
 use x11rb::rust_connection::RustConnection;
 
 use crate::ClapPlugin;
+
+/// The roll's colours, as `plugin/src/roll.rs` paints them.
+const ROLL_BACKGROUND: [u8; 3] = [24, 26, 30];
+const HEARD: [u8; 3] = [80, 200, 160];
+const CONTINUATION: [u8; 3] = [255, 150, 40];
+const CANDIDATE: [u8; 3] = [150, 110, 70];
+/// A roll is drawn: at least this many pixels of its background (the main roll alone is some
+/// 900 × 200).
+const MIN_ROLL_PIXELS: usize = 60_000;
+/// Notes are drawn: at least this many pixels of a note colour.
+const MIN_NOTE_PIXELS: usize = 150;
+
+/// What the editor is shown doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scene {
+    /// A fresh plugin, the transport stopped.
+    Empty,
+    /// Manual mode, the musician playing: their notes, no continuation.
+    Listening,
+    /// Auto mode with three variations: four bars played, then the continuation.
+    Variations,
+}
+
+impl Scene {
+    fn name(self) -> &'static str {
+        match self {
+            Scene::Empty => "empty",
+            Scene::Listening => "listening",
+            Scene::Variations => "variations",
+        }
+    }
+
+    /// Parameter changes before the editor opens (CLAP values: enum index, step index).
+    fn setup(self, plugin: &mut ClapPlugin) -> Result<()> {
+        match self {
+            Scene::Empty => Ok(()),
+            Scene::Listening => plugin.set_param("Mode", 0.0),
+            Scene::Variations => plugin.set_param("Variations", 2.0),
+        }
+    }
+
+    /// Whether a screenshot shows what this state should: (colour, at least, at most) pixels.
+    fn expected(self) -> &'static [([u8; 3], usize, usize)] {
+        match self {
+            Scene::Empty => &[
+                (ROLL_BACKGROUND, MIN_ROLL_PIXELS, usize::MAX),
+                (HEARD, 0, 0),
+                (CONTINUATION, 0, 0),
+            ],
+            Scene::Listening => &[
+                (ROLL_BACKGROUND, MIN_ROLL_PIXELS, usize::MAX),
+                (HEARD, MIN_NOTE_PIXELS, usize::MAX),
+                (CONTINUATION, 0, 0),
+            ],
+            Scene::Variations => &[
+                (ROLL_BACKGROUND, MIN_ROLL_PIXELS, usize::MAX),
+                (HEARD, MIN_NOTE_PIXELS, usize::MAX),
+                (CONTINUATION, MIN_NOTE_PIXELS, usize::MAX),
+                (CANDIDATE, MIN_NOTE_PIXELS, usize::MAX),
+            ],
+        }
+    }
+}
+
+/// How much faster than real time the transport runs in the editor check (the continuation
+/// comes after four bars and a pause: seconds, not ten).
+const EDITOR_SPEEDUP: f64 = 4.0;
 use continuator_host_scenario::{Block, Edge, Plugin as _, BLOCK, SAMPLE_RATE};
 
 /// The parent window's background: pure magenta, which the editor's theme never draws.
@@ -80,6 +153,23 @@ impl Screenshot {
     fn is_rendered_editor(&self) -> bool {
         let (colours, background) = self.stats();
         colours >= MIN_COLOURS && background <= MAX_BACKGROUND
+    }
+
+    /// Pixels within two steps of `colour` on every channel (software GL may round).
+    fn count(&self, colour: [u8; 3]) -> usize {
+        self.rgb
+            .chunks_exact(3)
+            .filter(|px| px.iter().zip(colour).all(|(&a, b)| a.abs_diff(b) <= 2))
+            .count()
+    }
+
+    /// What `scene` should show that this screenshot lacks, if anything.
+    fn missing(&self, scene: Scene) -> Option<String> {
+        scene.expected().iter().find_map(|&(colour, min, max)| {
+            let n = self.count(colour);
+            (n < min || n > max)
+                .then(|| format!("{n} pixels of {colour:?} (expected {min}..={max})"))
+        })
     }
 }
 
@@ -268,11 +358,12 @@ fn window_dimensions(size: GuiSize) -> Result<(u16, u16)> {
     }
 }
 
-/// One real-time block of a 120 BPM 4/4 transport with a note now and then.
-fn play_block(plugin: &mut ClapPlugin, index: u32) -> Result<()> {
+/// One block of a 120 BPM 4/4 transport (stopped for [`Scene::Empty`]) with a note on each beat
+/// (in [`Scene::Variations`], for four bars only), at [`EDITOR_SPEEDUP`] times real time.
+fn play_block(plugin: &mut ClapPlugin, index: u32, scene: Scene) -> Result<()> {
     let position = f64::from(index * BLOCK) / SAMPLE_RATE * 2.0;
     let block = Block {
-        playing: true,
+        playing: scene != Scene::Empty,
         position,
         bpm: 120.0,
         numerator: 4,
@@ -280,15 +371,21 @@ fn play_block(plugin: &mut ClapPlugin, index: u32) -> Result<()> {
         frames: BLOCK,
     };
     // A beat is 24000 samples, ~47 blocks: a note on each beat, off half a beat later.
-    let key = 60 + (index / 47 % 5) as u8;
+    let beat = index / 47;
+    let key = 60 + (beat % 5) as u8 + if beat.is_multiple_of(4) { 7 } else { 0 };
+    let playing = match scene {
+        Scene::Empty => false,
+        Scene::Listening => true,
+        Scene::Variations => beat < 16,
+    };
     let input: &[Edge] = match index % 47 {
-        0 => &[Edge {
+        0 if playing => &[Edge {
             time: 0,
             channel: 0,
             key,
             on: true,
         }],
-        23 => &[Edge {
+        23 if playing => &[Edge {
             time: 0,
             channel: 0,
             key,
@@ -297,12 +394,26 @@ fn play_block(plugin: &mut ClapPlugin, index: u32) -> Result<()> {
         _ => &[],
     };
     plugin.process(&block, input)?;
-    std::thread::sleep(Duration::from_secs_f64(f64::from(BLOCK) / SAMPLE_RATE));
+    std::thread::sleep(Duration::from_secs_f64(
+        f64::from(BLOCK) / SAMPLE_RATE / EDITOR_SPEEDUP,
+    ));
+    Ok(())
+}
+
+/// Checks the editor in every [`Scene`], each on a freshly loaded plugin, writing
+/// `dir/editor-<scene>.png`.
+pub fn check_all(mut load: impl FnMut() -> Result<ClapPlugin>, dir: &Path) -> Result<()> {
+    for scene in [Scene::Empty, Scene::Listening, Scene::Variations] {
+        let mut plugin = load()?;
+        scene.setup(&mut plugin)?;
+        let png = dir.join(format!("editor-{}.png", scene.name()));
+        check(plugin, &png, scene).with_context(|| format!("the editor, {}", scene.name()))?;
+    }
     Ok(())
 }
 
 /// Opens the editor of `plugin`, saves a screenshot to `png`, checks it, and closes everything.
-pub fn check(mut plugin: ClapPlugin, png: &Path) -> Result<()> {
+pub fn check(mut plugin: ClapPlugin, png: &Path, scene: Scene) -> Result<()> {
     let started = Instant::now();
     let gui: PluginGui = plugin
         .instance
@@ -322,7 +433,7 @@ pub fn check(mut plugin: ClapPlugin, png: &Path) -> Result<()> {
         .map_err(|e| anyhow!("gui.create (X11, embedded): {e}"))?;
 
     let mut parent = None;
-    let result = show_and_capture(&mut plugin, gui, display, png, &mut parent);
+    let result = show_and_capture(&mut plugin, gui, display, png, scene, &mut parent);
 
     // Close in every case: hide, destroy, answer what the plugin's window thread still sends,
     // and only then take the parent window away.
@@ -338,7 +449,8 @@ pub fn check(mut plugin: ClapPlugin, png: &Path) -> Result<()> {
     plugin.close();
     result.and(hidden).and(destroyed)?;
     eprintln!(
-        "editor: opened, rendered, checked and closed in {:.1} s",
+        "editor ({}): opened, rendered, checked and closed in {:.1} s",
+        scene.name(),
         started.elapsed().as_secs_f64()
     );
     Ok(())
@@ -351,6 +463,7 @@ fn show_and_capture(
     gui: PluginGui,
     display: (RustConnection, usize),
     png: &Path,
+    scene: Scene,
     parent: &mut Option<ParentWindow>,
 ) -> Result<()> {
     if let Err(e) = gui.set_scale(&plugin.instance.plugin_handle(), 1.0) {
@@ -371,9 +484,17 @@ fn show_and_capture(
     .map_err(|e| anyhow!("gui.set_parent: {e}"))?;
     gui.show(&plugin.instance.plugin_handle())
         .map_err(|e| anyhow!("gui.show: {e}"))?;
-    let shot = render(plugin, parent, &mut size)?;
+    let shot = render(plugin, parent, &mut size, scene)?;
     shot.write_png(png)?;
-    check_screenshot(&shot, size, parent, png)
+    check_screenshot(&shot, size, parent, png)?;
+    if let Some(missing) = shot.missing(scene) {
+        bail!(
+            "{} does not show the {} editor: {missing}",
+            png.display(),
+            scene.name()
+        );
+    }
+    Ok(())
 }
 
 /// Keeps the host running until the editor shows (or the deadline passes); the last screenshot.
@@ -381,11 +502,12 @@ fn render(
     plugin: &mut ClapPlugin,
     parent: &ParentWindow,
     size: &mut GuiSize,
+    scene: Scene,
 ) -> Result<Screenshot> {
     let started = Instant::now();
     let mut index = 0;
     loop {
-        play_block(plugin, index)?;
+        play_block(plugin, index, scene)?;
         index += 1;
         plugin.run_main_thread_callback();
         let requested = plugin
@@ -404,7 +526,8 @@ fn render(
         // Every ~100 ms once settled: a screenshot, done once it shows the editor.
         if started.elapsed() >= SETTLE && index % 10 == 0 {
             let shot = parent.screenshot()?;
-            if shot.is_rendered_editor() || started.elapsed() >= SETTLE + DEADLINE {
+            let done = shot.is_rendered_editor() && shot.missing(scene).is_none();
+            if done || started.elapsed() >= SETTLE + DEADLINE {
                 return Ok(shot);
             }
         }

@@ -7,22 +7,38 @@
 //! exactly on the bar line) or `--model-continuation` for a build with the model (a continuation
 //! must come, on or after the bar line), so that silence counts as a failure.
 //!
-//! `--open-editor OUT.png` checks the editor instead of playing the scenarios: the plugin's GUI is
+//! `--instrument` loads *Continuator Instrument* from the same bundle instead of the MIDI effect
+//! (a stereo output the host reads, which must stay silent with the preview off; the same MIDI
+//! out).
+//!
+//! `--open-editor DIR` checks the editor instead of playing the scenarios: the plugin's GUI is
 //! embedded (CLAP gui extension, X11 API) in a window this host creates on `$DISPLAY` (Xvfb in
-//! CI) while blocks are processed, the window's pixels are saved to `OUT.png`, and the host fails
-//! unless they show a rendered editor of the size the plugin asked for (see [`editor`]).
+//! CI) while blocks are processed, in three states (empty, listening to notes, a continuation
+//! with three variations), each saved to `DIR/editor-*.png`; the host fails unless each shows a
+//! rendered editor of the size the plugin asked for, with the piano roll and its notes drawn
+//! (see [`editor`]).
+//!
+//! `--state-roundtrip` (a `test-continuer` build) plays a continuation with three variations,
+//! saves the plugin's state, loads it into a fresh instance, and checks that every parameter came
+//! back and that the Replay button plays the same take again (see [`state`]).
+//!
+//! `--soak N` plays N takes in a row with loop jumps, stops and bypass in between, and checks
+//! that none hangs a note or goes unanswered and that memory stays flat (see [`soak`]).
 
 mod editor;
+mod soak;
+mod state;
 
 use std::ffi::CString;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use clack_extensions::gui::{GuiSize, HostGui, HostGuiImpl};
+use clack_extensions::params::{ParamInfoBuffer, PluginParams};
 use clack_host::events::event_types::{
-    MidiEvent, NoteOffEvent, NoteOnEvent, TransportEvent, TransportFlags,
+    MidiEvent, NoteOffEvent, NoteOnEvent, ParamValueEvent, TransportEvent, TransportFlags,
 };
 use clack_host::events::{EventFlags, EventHeader};
 use clack_host::prelude::*;
@@ -31,7 +47,8 @@ use clack_host::utils::BeatTime;
 use continuator_host_scenario as scenario;
 use scenario::{Block, Edge, BLOCK, SAMPLE_RATE};
 
-const PLUGIN_ID: &str = "org.continuator.continuator";
+const EFFECT_ID: &str = "org.continuator.continuator";
+const INSTRUMENT_ID: &str = "org.continuator.continuator-instrument";
 
 /// The host's side of the plugin: what it may ask for from any thread.
 #[derive(Default)]
@@ -98,20 +115,38 @@ struct ClapPlugin {
     processor: StartedPluginAudioProcessor<Host>,
     out_events: EventBuffer,
     in_events: EventBuffer,
+    /// Parameter changes for the next block: (id, plain value).
+    param_changes: Vec<(ClapId, f64)>,
+    /// The instrument's stereo output (empty for the MIDI effect), and its ports.
+    audio: Vec<Vec<f32>>,
+    audio_ports: AudioPorts,
+    /// The loudest sample the plugin has written so far.
+    peak: f32,
+}
+
+/// Which of the bundle's plugins to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Effect,
+    Instrument,
 }
 
 impl ClapPlugin {
-    fn load(entry: &PluginEntry) -> Result<ClapPlugin> {
+    fn load(entry: &PluginEntry, which: Which) -> Result<ClapPlugin> {
+        let plugin_id = match which {
+            Which::Effect => EFFECT_ID,
+            Which::Instrument => INSTRUMENT_ID,
+        };
         let host = HostInfo::new(
             "continuator-clap-host",
             "Continuator developers",
             "",
             "0.1.0",
         )?;
-        let id = CString::new(PLUGIN_ID)?;
+        let id = CString::new(plugin_id)?;
         let mut instance =
             PluginInstance::<Host>::new(|_| HostShared::default(), |_| (), entry, &id, &host)
-                .map_err(|e| anyhow!("instantiating {PLUGIN_ID}: {e:?}"))?;
+                .map_err(|e| anyhow!("instantiating {plugin_id}: {e:?}"))?;
         let config = PluginAudioConfiguration {
             sample_rate: SAMPLE_RATE,
             min_frames_count: 1,
@@ -123,12 +158,59 @@ impl ClapPlugin {
         let processor = processor
             .start_processing()
             .map_err(|e| anyhow!("start_processing: {e:?}"))?;
+        let channels = match which {
+            Which::Effect => 0,
+            Which::Instrument => 2,
+        };
         Ok(ClapPlugin {
             instance,
             processor,
             out_events: EventBuffer::with_capacity(1024),
             in_events: EventBuffer::with_capacity(1024),
+            param_changes: Vec::new(),
+            audio: vec![vec![0.0; BLOCK as usize]; channels],
+            audio_ports: AudioPorts::with_capacity(channels, 1),
+            peak: 0.0,
         })
+    }
+
+    fn params(&mut self) -> Result<PluginParams> {
+        self.instance
+            .plugin_handle()
+            .get_extension()
+            .context("the plugin has no CLAP params extension")
+    }
+
+    /// Every parameter: (name, id, current plain value), in the plugin's order.
+    fn parameters(&mut self) -> Result<Vec<(String, ClapId, f64)>> {
+        let params = self.params()?;
+        let handle = self.instance.plugin_handle();
+        let mut all = Vec::new();
+        for index in 0..params.count(&handle) {
+            let mut buffer = ParamInfoBuffer::new();
+            let info = params
+                .get_info(&handle, index, &mut buffer)
+                .with_context(|| format!("no info for parameter {index}"))?;
+            let name = String::from_utf8_lossy(info.name).into_owned();
+            let id = info.id;
+            let value = params
+                .get_value(&handle, id)
+                .with_context(|| format!("no value for parameter {name}"))?;
+            all.push((name, id, value));
+        }
+        Ok(all)
+    }
+
+    /// Sets the parameter named `name` to `value` with the next block (as automation would).
+    fn set_param(&mut self, name: &str, value: f64) -> Result<()> {
+        let id = self
+            .parameters()?
+            .into_iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, id, _)| id)
+            .with_context(|| format!("the plugin has no parameter named {name:?}"))?;
+        self.param_changes.push((id, value));
+        Ok(())
     }
 
     /// Runs the `on_main_thread` callback if the plugin asked for it.
@@ -182,6 +264,10 @@ fn transport(block: &Block) -> TransportEvent {
 impl scenario::Plugin for ClapPlugin {
     fn process(&mut self, block: &Block, input: &[Edge]) -> Result<Vec<Edge>> {
         self.in_events.clear();
+        for (id, value) in self.param_changes.drain(..) {
+            self.in_events
+                .push(&ParamValueEvent::new(0, id, Pckn::match_all(), value));
+        }
         for edge in input {
             let pckn = Pckn::new(
                 0u16,
@@ -197,23 +283,55 @@ impl scenario::Plugin for ClapPlugin {
             }
         }
         self.out_events.clear();
-        // No audio ports, but the frame count is real: it comes from these empty buffer lists.
+        // No audio inputs, but the frame count is real: it comes from these empty buffer lists.
         // SAFETY: there are no buffers to point at, so none can be invalid.
         let inputs = unsafe { InputAudioBuffers::from_raw_buffers(&[], block.frames) };
-        let mut no_outputs = [];
-        let mut outputs =
-            unsafe { OutputAudioBuffers::from_raw_buffers(&mut no_outputs, block.frames) };
         let transport = transport(block);
-        self.processor
-            .process(
-                &inputs,
-                &mut outputs,
-                &self.in_events.as_input(),
-                &mut self.out_events.as_output(),
-                None,
-                Some(&transport),
-            )
-            .map_err(|e| anyhow!("process: {e:?}"))?;
+        if self.audio.is_empty() {
+            let mut no_outputs = [];
+            // SAFETY: as above.
+            let mut outputs =
+                unsafe { OutputAudioBuffers::from_raw_buffers(&mut no_outputs, block.frames) };
+            self.processor
+                .process(
+                    &inputs,
+                    &mut outputs,
+                    &self.in_events.as_input(),
+                    &mut self.out_events.as_output(),
+                    None,
+                    Some(&transport),
+                )
+                .map_err(|e| anyhow!("process: {e:?}"))?;
+        } else {
+            let frames = block.frames as usize;
+            for channel in &mut self.audio {
+                // Garbage the plugin must overwrite.
+                channel.clear();
+                channel.resize(frames, 0.5);
+            }
+            let mut outputs = self.audio_ports.with_output_buffers([AudioPortBuffer {
+                latency: 0,
+                channels: AudioPortBufferType::f32_output_only(
+                    self.audio.iter_mut().map(|c| c.as_mut_slice()),
+                ),
+            }]);
+            self.processor
+                .process(
+                    &inputs,
+                    &mut outputs,
+                    &self.in_events.as_input(),
+                    &mut self.out_events.as_output(),
+                    None,
+                    Some(&transport),
+                )
+                .map_err(|e| anyhow!("process: {e:?}"))?;
+            let peak = self
+                .audio
+                .iter()
+                .flatten()
+                .fold(0.0f32, |peak, s| peak.max(s.abs()));
+            self.peak = self.peak.max(peak);
+        }
         let mut edges = Vec::new();
         for event in self.out_events.iter() {
             if let Some(on) = event.as_event::<NoteOnEvent>() {
@@ -258,14 +376,31 @@ fn take_flag_value(args: &mut Vec<String>, flag: &str) -> Result<Option<String>>
     };
     args.remove(at);
     if at >= args.len() || args[at].starts_with("--") {
-        bail!("{flag} needs a value (the PNG file to write)");
+        bail!("{flag} needs a value");
     }
     Ok(Some(args.remove(at)))
 }
 
 fn main() -> Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let editor_png = take_flag_value(&mut args, "--open-editor")?.map(PathBuf::from);
+    let editor_dir = take_flag_value(&mut args, "--open-editor")?.map(PathBuf::from);
+    let which = match args.iter().position(|a| a == "--instrument") {
+        Some(at) => {
+            args.remove(at);
+            Which::Instrument
+        }
+        None => Which::Effect,
+    };
+    let soak_takes = take_flag_value(&mut args, "--soak")?
+        .map(|n| n.parse::<u32>().context("--soak needs a number of takes"))
+        .transpose()?;
+    let roundtrip = match args.iter().position(|a| a == "--state-roundtrip") {
+        Some(at) => {
+            args.remove(at);
+            true
+        }
+        None => false,
+    };
     let path = if args.first().is_some_and(|a| !a.starts_with("--")) {
         args.remove(0)
     } else {
@@ -275,12 +410,11 @@ fn main() -> Result<()> {
     // SAFETY: loading a plugin runs its code; this is the plugin under test.
     let entry =
         unsafe { PluginEntry::load(&path) }.map_err(|e| anyhow!("loading {path}: {e:?}"))?;
-    if let Some(png) = editor_png {
+    if let Some(dir) = editor_dir {
         if expect != scenario::Expect::Anything {
             bail!("--open-editor checks the editor only; play the scenarios in a separate run");
         }
-        let plugin = ClapPlugin::load(&entry)?;
-        let result = editor::check(plugin, &png);
+        let result = editor::check_all(|| ClapPlugin::load(&entry, which), &dir);
         // baseview's X11 thread can still be winding down just after the editor is destroyed
         // (it logs "X11 thread disconnected"); unloading the plugin's library under it crashed
         // this host at exit once under heavy load. The library stays loaded until the process
@@ -288,5 +422,35 @@ fn main() -> Result<()> {
         std::mem::forget(entry);
         return result;
     }
-    scenario::play_all(|| ClapPlugin::load(&entry), expect)
+    if roundtrip {
+        return state::roundtrip(|| ClapPlugin::load(&entry, which));
+    }
+    if let Some(takes) = soak_takes {
+        return soak::soak(ClapPlugin::load(&entry, which)?, takes);
+    }
+    scenario::play_all(|| ClapPlugin::load(&entry, which), expect)?;
+    if which == Which::Instrument {
+        // With the preview off (its default) the instrument's output is silence; with it on,
+        // the notes it sends out are heard.
+        let mut plugin = ClapPlugin::load(&entry, which)?;
+        scenario::play(&mut plugin, 120.0, 4, scenario::Twist::TempoChange, expect)?;
+        ensure!(
+            plugin.peak == 0.0,
+            "the instrument's output is not silent with the preview off (peak {})",
+            plugin.peak
+        );
+        plugin.set_param("Preview tone", 1.0)?;
+        scenario::play(&mut plugin, 120.0, 4, scenario::Twist::TempoChange, expect)?;
+        ensure!(
+            plugin.peak > 0.01,
+            "the instrument's preview tone is silent (peak {})",
+            plugin.peak
+        );
+        println!(
+            "instrument: silent with the preview off, peak {:.3} with it on",
+            plugin.peak
+        );
+        plugin.close();
+    }
+    Ok(())
 }

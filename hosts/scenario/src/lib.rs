@@ -49,6 +49,8 @@ pub struct Report {
     pub thru: usize,
     pub generated_ons: usize,
     pub first_generated: Option<u64>,
+    /// The generated notes' keys, in the order they started.
+    pub generated_keys: Vec<u8>,
 }
 
 /// What the plugin under test is expected to answer with.
@@ -159,6 +161,7 @@ pub fn play(
             if edge.on {
                 let beat = block.position + f64::from(edge.time) * beats_per_sample;
                 generated.push((sample + u64::from(edge.time), beat));
+                report.generated_keys.push(edge.key);
             }
         }
         sample += u64::from(block.frames);

@@ -5,7 +5,9 @@
 //! `cargo run -p continuator-vst3-host -- target/bundled/Continuator.vst3`; add
 //! `--require-continuation` for a `test-continuer` build (a scripted continuation that must start
 //! exactly on the bar line) or `--model-continuation` for a build with the model (a continuation
-//! must come, on or after the bar line), so that silence counts as a failure.
+//! must come, on or after the bar line), so that silence counts as a failure. `--instrument` loads
+//! *Continuator Instrument* from the same bundle (an instrument with a stereo output, which this
+//! host provides and checks stays silent; the same MIDI out).
 
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
@@ -62,7 +64,15 @@ struct Vst3Plugin {
     processor: ComPtr<IAudioProcessor>,
     inputs: ComWrapper<EventList>,
     outputs: ComWrapper<EventList>,
+    /// The instrument's stereo output (empty for the MIDI effect).
+    audio: Vec<Vec<f32>>,
+    /// The loudest sample the plugin has written.
+    peak: f32,
 }
+
+/// The class names of the bundle's two plugins.
+const EFFECT: &str = "Continuator";
+const INSTRUMENT: &str = "Continuator Instrument";
 
 /// The shared library inside a bundle (`Contents/x86_64-linux/Continuator.so` on Linux).
 fn library_path(bundle: &Path) -> Result<PathBuf> {
@@ -85,7 +95,7 @@ fn check(result: tresult, what: &str) -> Result<()> {
 }
 
 impl Vst3Plugin {
-    fn load(bundle: &Path) -> Result<Vst3Plugin> {
+    fn load(bundle: &Path, class: &str) -> Result<Vst3Plugin> {
         // SAFETY: loading the plugin runs its code; this is the plugin under test.
         let library = unsafe { libloading::Library::new(library_path(bundle)?)? };
         // SAFETY: these are the VST3 module entry points' signatures on Linux.
@@ -109,12 +119,18 @@ impl Vst3Plugin {
                     .take_while(|&&c| c != 0)
                     .map(|&c| c as u8)
                     .collect();
-                if category == b"Audio Module Class" {
+                let name: Vec<u8> = info
+                    .name
+                    .iter()
+                    .take_while(|&&c| c != 0)
+                    .map(|&c| c as u8)
+                    .collect();
+                if category == b"Audio Module Class" && name == class.as_bytes() {
                     cid = Some(info.cid);
                 }
             }
         }
-        let cid = cid.context("no audio module class in the factory")?;
+        let cid = cid.with_context(|| format!("no audio module class {class:?} in the factory"))?;
         let mut object: *mut c_void = ptr::null_mut();
         // SAFETY: cid and iid are 16-byte ids, object receives an owned reference.
         let component = unsafe {
@@ -155,6 +171,21 @@ impl Vst3Plugin {
                     "activateBus",
                 )?;
             }
+            let audio_outputs = component.getBusCount(
+                MediaTypes_::kAudio as MediaType,
+                BusDirections_::kOutput as BusDirection,
+            );
+            for bus in 0..audio_outputs {
+                check(
+                    component.activateBus(
+                        MediaTypes_::kAudio as MediaType,
+                        BusDirections_::kOutput as BusDirection,
+                        bus,
+                        1,
+                    ),
+                    "activateBus (audio)",
+                )?;
+            }
             check(component.setActive(1), "setActive")?;
             check(processor.setProcessing(1), "setProcessing")?;
         }
@@ -163,12 +194,26 @@ impl Vst3Plugin {
                 events: Mutex::new(Vec::with_capacity(1024)),
             })
         };
+        // SAFETY: a plain query.
+        let audio_outputs = unsafe {
+            component.getBusCount(
+                MediaTypes_::kAudio as MediaType,
+                BusDirections_::kOutput as BusDirection,
+            )
+        };
+        let channels = if class == INSTRUMENT { 2 } else { 0 };
+        ensure!(
+            audio_outputs == i32::from(channels > 0),
+            "{class} has {audio_outputs} audio output buses"
+        );
         Ok(Vst3Plugin {
             _library: library,
             component,
             processor,
             inputs: list(),
             outputs: list(),
+            audio: vec![vec![0.0; BLOCK as usize]; channels],
+            peak: 0.0,
         })
     }
 }
@@ -243,15 +288,33 @@ impl scenario::Plugin for Vst3Plugin {
             .outputs
             .to_com_ptr::<IEventList>()
             .context("output list")?;
-        // No audio buses, but a real sample count.
+        // The instrument's stereo output, filled with garbage the plugin must overwrite; the
+        // effect has no audio buses, but a real sample count.
+        for channel in &mut self.audio {
+            channel.clear();
+            channel.resize(block.frames as usize, 0.5);
+        }
+        let mut pointers: Vec<*mut f32> = self.audio.iter_mut().map(|c| c.as_mut_ptr()).collect();
+        let mut bus = AudioBusBuffers {
+            numChannels: pointers.len() as int32,
+            silenceFlags: 0,
+            __field0: AudioBusBuffers__type0 {
+                channelBuffers32: pointers.as_mut_ptr(),
+            },
+        };
+        let outputs_audio = if self.audio.is_empty() {
+            ptr::null_mut()
+        } else {
+            &mut bus as *mut AudioBusBuffers
+        };
         let mut data = ProcessData {
             processMode: ProcessModes_::kRealtime as int32,
             symbolicSampleSize: SymbolicSampleSizes_::kSample32 as int32,
             numSamples: block.frames as int32,
             numInputs: 0,
-            numOutputs: 0,
+            numOutputs: i32::from(!self.audio.is_empty()),
             inputs: ptr::null_mut(),
-            outputs: ptr::null_mut(),
+            outputs: outputs_audio,
             inputParameterChanges: ptr::null_mut(),
             outputParameterChanges: ptr::null_mut(),
             inputEvents: inputs.as_ptr(),
@@ -260,6 +323,12 @@ impl scenario::Plugin for Vst3Plugin {
         };
         // SAFETY: every pointer in `data` is valid for the duration of the call.
         check(unsafe { self.processor.process(&mut data) }, "process")?;
+        let peak = self
+            .audio
+            .iter()
+            .flatten()
+            .fold(0.0f32, |peak, s| peak.max(s.abs()));
+        self.peak = self.peak.max(peak);
         let mut edges = Vec::new();
         for event in self.outputs.events.lock().unwrap().iter() {
             // SAFETY: the union member read is the one the event's type names.
@@ -293,14 +362,33 @@ impl scenario::Plugin for Vst3Plugin {
 }
 
 fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let path = PathBuf::from(
-        args.next()
-            .unwrap_or_else(|| "target/bundled/Continuator.vst3".into()),
-    );
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let class = match args.iter().position(|a| a == "--instrument") {
+        Some(at) => {
+            args.remove(at);
+            INSTRUMENT
+        }
+        None => EFFECT,
+    };
+    let path = if args.first().is_some_and(|a| !a.starts_with("--")) {
+        PathBuf::from(args.remove(0))
+    } else {
+        PathBuf::from("target/bundled/Continuator.vst3")
+    };
     let expect = scenario::Expect::from_args(args);
-    scenario::play_all(
-        || Vst3Plugin::load(&path).map_err(|e| anyhow!("loading {}: {e:#}", path.display())),
-        expect,
-    )
+    let load =
+        || Vst3Plugin::load(&path, class).map_err(|e| anyhow!("loading {}: {e:#}", path.display()));
+    scenario::play_all(load, expect)?;
+    if class == INSTRUMENT {
+        // The preview is off by default: the instrument's output is silence.
+        let mut plugin = load()?;
+        scenario::play(&mut plugin, 120.0, 4, scenario::Twist::LoopJump, expect)?;
+        ensure!(
+            plugin.peak == 0.0,
+            "the instrument's output is not silent (peak {})",
+            plugin.peak
+        );
+        println!("instrument: MIDI out as the effect's, audio out silent");
+    }
+    Ok(())
 }
