@@ -13,24 +13,26 @@
 #   cargo xtask bundle continuator --release
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Where cargo puts its builds (CARGO_TARGET_DIR when set, as cargo itself reads it).
+t="${CARGO_TARGET_DIR:-target}"
 cargo xtask bundle continuator --features test-continuer
 cargo build -p continuator-clap-host -p continuator-vst3-host
-target/debug/continuator-clap-host target/bundled/Continuator.clap --require-continuation
-target/debug/continuator-clap-host target/bundled/Continuator.clap --instrument --require-continuation
-target/debug/continuator-clap-host target/bundled/Continuator.clap --state-roundtrip
+"$t"/debug/continuator-clap-host "$t"/bundled/Continuator.clap --require-continuation
+"$t"/debug/continuator-clap-host "$t"/bundled/Continuator.clap --instrument --require-continuation
+"$t"/debug/continuator-clap-host "$t"/bundled/Continuator.clap --state-roundtrip
 # The editor, opened on a virtual X display (Mesa's software OpenGL) and screenshotted.
 if ! command -v xvfb-run >/dev/null 2>&1; then
     echo "xvfb-run is missing (apt-get install xvfb xauth): the editor check needs it" >&2
     exit 1
 fi
 LIBGL_ALWAYS_SOFTWARE=1 xvfb-run -a -s "-screen 0 1280x1024x24" \
-    target/debug/continuator-clap-host target/bundled/Continuator.clap \
-    --open-editor target/editor
-target/debug/continuator-vst3-host target/bundled/Continuator.vst3 --require-continuation
-target/debug/continuator-vst3-host target/bundled/Continuator.vst3 --instrument --require-continuation
+    "$t"/debug/continuator-clap-host "$t"/bundled/Continuator.clap \
+    --open-editor "$t"/editor
+"$t"/debug/continuator-vst3-host "$t"/bundled/Continuator.vst3 --require-continuation
+"$t"/debug/continuator-vst3-host "$t"/bundled/Continuator.vst3 --instrument --require-continuation
 cargo xtask bundle continuator
-target/debug/continuator-clap-host target/bundled/Continuator.clap --model-continuation
-target/debug/continuator-vst3-host target/bundled/Continuator.vst3 --model-continuation
+"$t"/debug/continuator-clap-host "$t"/bundled/Continuator.clap --model-continuation
+"$t"/debug/continuator-vst3-host "$t"/bundled/Continuator.vst3 --model-continuation
 # Takes in a row with the real model, loop jumps, stops and bypass in between: no hanging note, no
 # unanswered phrase, resident memory flat. 200 keeps CI at ~2.5 min; `--soak 1000` is the full run.
-target/debug/continuator-clap-host target/bundled/Continuator.clap --soak 200
+"$t"/debug/continuator-clap-host "$t"/bundled/Continuator.clap --soak 200
