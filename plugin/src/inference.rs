@@ -52,8 +52,6 @@ pub struct Knobs {
     pub model_threads: NonZeroUsize,
     /// Which variation of a take plays (0-based).
     pub pick: usize,
-    /// The replay button: its rising edge plays the current take again from the next bar line.
-    pub replay: bool,
 }
 
 impl Default for Knobs {
@@ -71,7 +69,6 @@ impl Default for Knobs {
             clear_memory: false,
             model_threads: NonZeroUsize::MIN,
             pick: 0,
-            replay: false,
         }
     }
 }
@@ -148,9 +145,10 @@ pub struct Inference {
     take_end: Beats,
     persisted: Persisted,
     memory: PlayingMemory,
-    /// The clear-memory and replay buttons as last seen, to act on their rising edges only.
+    /// The clear-memory button as last seen, to act on its rising edge only.
     clear_pressed: bool,
-    replay_pressed: bool,
+    /// The last [`Shared::replays`] served.
+    served_replays: u32,
     /// The Pick parameter as last seen.
     pick: usize,
     /// The last [`Persisted::restores`] acted on.
@@ -233,6 +231,7 @@ impl Inference {
         link: EditorLink,
     ) -> Self {
         let served_triggers = shared.triggers.load(Ordering::Acquire);
+        let served_replays = shared.replays.load(Ordering::Acquire);
         let pick = knobs().pick;
         Inference {
             memory: PlayingMemory::new(persisted.playing_memory.clone()),
@@ -251,7 +250,7 @@ impl Inference {
             take_end: Beats::ZERO,
             persisted,
             clear_pressed: false,
-            replay_pressed: false,
+            served_replays,
             pick,
             // Whatever the project holds is restored once the model is loaded.
             restored: None,
@@ -377,12 +376,13 @@ impl Inference {
         while let Ok(command) = self.link.commands.try_recv() {
             generated |= self.command(command, view);
         }
-        if knobs.replay && !self.replay_pressed {
+        let replays = self.shared.replays.load(Ordering::Acquire);
+        if replays != self.served_replays {
+            self.served_replays = replays;
             if let Some((number, _)) = self.history.current() {
                 self.audition(number, view);
             }
         }
-        self.replay_pressed = knobs.replay;
         if knobs.pick != self.pick {
             self.pick = knobs.pick;
             self.pick_variation(knobs.pick, view);
@@ -1551,9 +1551,11 @@ mod tests {
         assert_eq!(view.roll.origin, None, "not on the timeline until replayed");
         // Replay at beat 1.5: the continuation's bar (the prime's fifth) starts on beat 4.
         second.run_until(1.5, &[]);
-        second.knobs.lock().unwrap().replay = true;
+        // The button is held for one block only, as a host's automation may: the press is
+        // caught by the audio thread and served by the next poll.
+        second.settings.replay = true;
         second.block(&[]);
-        second.knobs.lock().unwrap().replay = false;
+        second.settings.replay = false;
         second.run_until(24.0, &[]);
         assert_eq!(second.keys.len(), 32);
         assert_eq!(second.ons[0], 4 * 24_000);

@@ -194,7 +194,6 @@ fn knobs(params: &ContinuatorParams) -> Knobs {
         steering: params.steering(),
         clear_memory: params.clear_memory.value(),
         pick: (params.pick.value().max(1) - 1) as usize,
-        replay: params.replay.value(),
         model_threads: std::num::NonZeroUsize::new(params.model_threads.value().max(1) as usize)
             .unwrap_or(std::num::NonZeroUsize::MIN),
     }

@@ -314,6 +314,7 @@ impl ContinuatorParams {
             output_channel: (self.output_channel.value().clamp(1, 16) - 1) as u8,
             yield_on_play: self.yield_on_play.value(),
             trigger: self.trigger.value(),
+            replay: self.replay.value(),
             trigger_binding: match self.trigger_source.value() {
                 TriggerSource::Off => TriggerBinding::Off,
                 TriggerSource::Note => TriggerBinding::Note(number),

@@ -39,6 +39,10 @@ pub struct BlockSettings {
     pub yield_on_play: bool,
     /// The `Continue` parameter's current value; its rising edge triggers.
     pub trigger: bool,
+    /// The `Replay take` parameter's current value; its rising edge asks for the current take
+    /// again. Caught here, per block, because a host may hold the button for a single block:
+    /// the inference thread, polling at its own pace, could miss so short a press.
+    pub replay: bool,
     pub trigger_binding: TriggerBinding,
 }
 
@@ -50,6 +54,7 @@ impl Default for BlockSettings {
             output_channel: 0,
             yield_on_play: true,
             trigger: false,
+            replay: false,
             trigger_binding: TriggerBinding::Off,
         }
     }
@@ -96,6 +101,7 @@ pub struct Processor {
     /// Set by `reset`/`deactivate`, which cannot send events: the next block releases everything.
     release_requested: bool,
     last_trigger_param: bool,
+    last_replay_param: bool,
     last_cc_high: bool,
     was_bypassed: bool,
 }
@@ -116,6 +122,7 @@ impl Processor {
             time_signature: TimeSignature::default(),
             release_requested: false,
             last_trigger_param: false,
+            last_replay_param: false,
             last_cc_high: false,
             was_bypassed: false,
         };
@@ -173,6 +180,10 @@ impl Processor {
         if rising && !settings.bypass {
             self.trigger(0, out);
         }
+        if settings.replay && !self.last_replay_param && !settings.bypass {
+            self.shared.replays.fetch_add(1, Ordering::AcqRel);
+        }
+        self.last_replay_param = settings.replay;
     }
 
     /// Handles one incoming event (in time order) and says whether it passes through.
@@ -561,6 +572,32 @@ mod tests {
         };
         host.block(512, &[cc(1.0), cc(1.0), cc(0.0), cc(0.9)]);
         assert_eq!(host.shared.triggers.load(Ordering::Acquire), 4);
+    }
+
+    #[test]
+    fn a_replay_press_is_counted_once_even_if_it_lasts_one_block() {
+        let mut host = Host::new();
+        host.block(512, &[]);
+        // One block down, then up again: a press shorter than any poll of the inference thread.
+        host.settings.replay = true;
+        host.block(512, &[]);
+        host.settings.replay = false;
+        host.block(512, &[]);
+        assert_eq!(host.shared.replays.load(Ordering::Acquire), 1);
+        // Held on for several blocks: still one press.
+        host.settings.replay = true;
+        host.block(512, &[]);
+        host.block(512, &[]);
+        assert_eq!(host.shared.replays.load(Ordering::Acquire), 2);
+        // Bypassed, the plugin ignores it (as it ignores the Continue button).
+        host.settings.replay = false;
+        host.block(512, &[]);
+        host.settings.bypass = true;
+        host.settings.replay = true;
+        host.block(512, &[]);
+        assert_eq!(host.shared.replays.load(Ordering::Acquire), 2);
+        // Nothing here decides what plays: the trigger count is untouched.
+        assert_eq!(host.shared.triggers.load(Ordering::Acquire), 0);
     }
 
     #[test]

@@ -191,6 +191,10 @@ pub struct Shared {
     pub triggers: AtomicU32,
     /// Where the last trigger happened on the timeline.
     pub trigger_position: AtomicF64,
+    /// Bumped by the audio thread on every rising edge of the `Replay take` parameter; served
+    /// like [`Self::triggers`], so a press is never lost between two polls of the inference
+    /// thread, nor while it is still loading the model and restoring the project's take.
+    pub replays: AtomicU32,
     /// Model state for the GUI; written by the inference thread only, never touched by the audio
     /// thread (it holds a lock).
     pub model: ModelStatus,
