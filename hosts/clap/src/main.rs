@@ -415,12 +415,26 @@ fn main() -> Result<()> {
             bail!("--open-editor checks the editor only; play the scenarios in a separate run");
         }
         let result = editor::check_all(|| ClapPlugin::load(&entry, which), &dir);
-        // baseview's X11 thread can still be winding down just after the editor is destroyed
-        // (it logs "X11 thread disconnected"); unloading the plugin's library under it crashed
-        // this host at exit once under heavy load. The library stays loaded until the process
-        // ends, as a DAW keeps it; the editor check itself is unchanged.
+        // baseview's X11 threads can still be winding down just after their editors are
+        // destroyed (they log "X11 thread disconnected"). A DAW keeps running after it closes an
+        // editor; this host exits at once, and tearing the process down under those threads
+        // (unloading the plugin's library, then the X and GL libraries' exit handlers) crashed it
+        // under load after the checks had passed. So the library stays loaded, and the process
+        // ends without running exit handlers once the verdict is printed.
         std::mem::forget(entry);
-        return result;
+        let code = match result {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("Error: {e:?}");
+                1
+            }
+        };
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        // SAFETY: `_exit` ends the process immediately; everything this host writes has been
+        // flushed above, and nothing else of it needs to run.
+        unsafe { libc::_exit(code) }
     }
     if roundtrip {
         return state::roundtrip(|| ClapPlugin::load(&entry, which));
