@@ -402,26 +402,15 @@ impl Model {
                 });
             }
         }
-        let cfg = match meta.get(META_ADAPTER) {
-            Some(text) => {
-                let cfg: AdapterConfig = serde_json::from_str(text).map_err(|e| Error::Config {
-                    file: file.to_path_buf(),
-                    reason: format!("unreadable \"{META_ADAPTER}\" in the header: {e}"),
-                })?;
-                cfg.validate().map_err(|e| Error::Config {
-                    file: file.to_path_buf(),
-                    reason: e.to_string(),
-                })?;
-                cfg
-            }
-            None => self.config.adapter.clone().ok_or_else(|| Error::Config {
-                file: self.dir.join(CONFIG_FILE),
-                reason: format!(
-                    "{} records no adapter shape and config.json has no \"adapter\" section",
-                    file.display()
-                ),
-            })?,
-        };
+        let cfg = header_shape(
+            &meta,
+            META_ADAPTER,
+            file,
+            AdapterConfig::validate,
+            self.config.adapter.as_ref(),
+            &self.dir.join(CONFIG_FILE),
+            "adapter",
+        )?;
         let dim = self.config.decoder.dim;
         let specs = Adapter::tensor_specs(&cfg, dim, self.config.num_tokens);
         let dtype = opts.precision.dtype();
@@ -440,27 +429,15 @@ impl Model {
     /// the file's header when it records one, else from `config.json`.
     pub fn load_discriminator(&mut self, file: &Path, opts: &LoadOptions) -> Result<()> {
         let meta = read_metadata(file)?;
-        let cfg = match meta.get(META_DISCRIMINATOR) {
-            Some(text) => {
-                let cfg: DiscriminatorConfig =
-                    serde_json::from_str(text).map_err(|e| Error::Config {
-                        file: file.to_path_buf(),
-                        reason: format!("unreadable \"{META_DISCRIMINATOR}\" in the header: {e}"),
-                    })?;
-                cfg.validate().map_err(|e| Error::Config {
-                    file: file.to_path_buf(),
-                    reason: e.to_string(),
-                })?;
-                cfg
-            }
-            None => self.config.discriminator.clone().ok_or_else(|| Error::Config {
-                file: self.dir.join(CONFIG_FILE),
-                reason: format!(
-                    "{} records no discriminator shape and config.json has no \"discriminator\" section",
-                    file.display()
-                ),
-            })?,
-        };
+        let cfg = header_shape(
+            &meta,
+            META_DISCRIMINATOR,
+            file,
+            DiscriminatorConfig::validate,
+            self.config.discriminator.as_ref(),
+            &self.dir.join(CONFIG_FILE),
+            "discriminator",
+        )?;
         if let Some(t) = meta
             .get(META_NUM_TOKENS)
             .and_then(|t| t.parse::<usize>().ok())
@@ -745,6 +722,40 @@ pub fn discriminator_metadata(
 }
 
 /// A safetensors file's header metadata (empty when it has none).
+/// A network's shape as `file`'s safetensors header records it under `key` (files written by
+/// training carry their shape), else the `section` of the model's `config_file` — the two
+/// places an adapter's or a discriminator's shape can come from.
+fn header_shape<T: serde::de::DeserializeOwned + Clone>(
+    meta: &HashMap<String, String>,
+    key: &str,
+    file: &Path,
+    validate: impl Fn(&T) -> std::result::Result<(), ModelConfigError>,
+    config: Option<&T>,
+    config_file: &Path,
+    section: &str,
+) -> Result<T> {
+    match meta.get(key) {
+        Some(text) => {
+            let cfg: T = serde_json::from_str(text).map_err(|e| Error::Config {
+                file: file.to_path_buf(),
+                reason: format!("unreadable \"{key}\" in the header: {e}"),
+            })?;
+            validate(&cfg).map_err(|e| Error::Config {
+                file: file.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+            Ok(cfg)
+        }
+        None => config.cloned().ok_or_else(|| Error::Config {
+            file: config_file.to_path_buf(),
+            reason: format!(
+                "{} records no {section} shape and config.json has no \"{section}\" section",
+                file.display()
+            ),
+        }),
+    }
+}
+
 fn read_metadata(file: &Path) -> Result<HashMap<String, String>> {
     use std::io::Read;
     let mut f = std::fs::File::open(file).map_err(|error| Error::Io {

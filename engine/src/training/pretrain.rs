@@ -597,8 +597,8 @@ pub fn validate_model(
 }
 
 /// Drops metrics lines past `step` (written after the checkpoint a resumed run restarts from),
-/// so the metrics file never holds two lines for one step.
-fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+/// so the metrics file never holds two lines for one step. SCST runs share it.
+pub(crate) fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(());
     };

@@ -24,6 +24,7 @@ use crate::hash::stable_hash;
 use crate::models::{Adapter, Discriminator, DiscriminatorOutput, Kernels, Model};
 use crate::tokenizer::TokenId;
 use crate::training::optim::{AdamW, AdamWConfig};
+use crate::training::pretrain::truncate_metrics;
 use crate::training::pretrain::{seeded_init, RunOptions};
 use crate::training::{Error, Result};
 
@@ -1152,22 +1153,4 @@ fn load_checkpoint(
         opt.t = t;
     }
     Ok(state)
-}
-
-/// Drops metrics lines past `step` (written after the checkpoint a resumed run restarts from).
-fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
-    };
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s <= step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    crate::training::dataset::write_atomic(path, kept.as_bytes())
 }
