@@ -328,6 +328,16 @@ fn decoder(args: DecoderArgs) -> Result<()> {
     Ok(())
 }
 
+/// The steps bar both trainers draw, already at `step` of `steps` (a resumed run starts there).
+fn step_bar(step: u64, steps: u64) -> ProgressBar {
+    let bar = bar(
+        steps,
+        "{pos}/{len} [{elapsed_precise}] {wide_bar} eta {eta} | {msg}",
+    );
+    bar.set_position(step);
+    bar
+}
+
 fn bar(len: u64, template: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
@@ -372,11 +382,7 @@ struct Progress {
 
 impl Progress {
     fn new(step: u64, steps: u64) -> Self {
-        let bar = bar(
-            steps,
-            "{pos}/{len} [{elapsed_precise}] {wide_bar} eta {eta} | {msg}",
-        );
-        bar.set_position(step);
+        let bar = step_bar(step, steps);
         Self {
             bar,
             terminal: std::io::stderr().is_terminal(),

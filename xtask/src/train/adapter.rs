@@ -21,7 +21,7 @@ use engine::training::scst::{
 use engine::training::{Corpus, CorpusOptions, RunOptions};
 use indicatif::ProgressBar;
 
-use super::{bar, device, report_corpus, DeviceKind};
+use super::{bar, device, report_corpus, step_bar, DeviceKind};
 
 #[derive(clap::Args)]
 pub struct AdapterArgs {
@@ -293,11 +293,7 @@ struct Progress {
 
 impl Progress {
     fn new(step: u64, steps: u64) -> Self {
-        let bar = bar(
-            steps,
-            "{pos}/{len} [{elapsed_precise}] {wide_bar} eta {eta} | {msg}",
-        );
-        bar.set_position(step);
+        let bar = step_bar(step, steps);
         Self {
             bar,
             terminal: std::io::stderr().is_terminal(),
