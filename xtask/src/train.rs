@@ -17,7 +17,6 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use engine::models::model_dir::{load_checked, CONFIG_FILE, DECODER_FILE};
 use engine::models::ModelConfig;
 use engine::tokenizer::Tokenizer;
 use engine::training::checkpoint::{self, CHECKPOINT_FILE};
@@ -447,7 +446,11 @@ fn export(args: ExportArgs) -> Result<()> {
     let dtype = if args.f16 { DType::F16 } else { DType::F32 };
     let ck = args.run.join(CHECKPOINT_FILE);
     // The model compared with is read first: it may be the directory about to be replaced.
-    let previous = args.compare.as_deref().map(read_decoder).transpose()?;
+    let previous = args
+        .compare
+        .as_deref()
+        .map(engine::training::pretrain::decoder_weights)
+        .transpose()?;
     let done = engine::training::export::export(&ck, &cfg.model, &args.out, dtype)?;
     let copied = copy_licences(&cfg.data, &args.out)?;
     // Validate the exported checkpoint itself (the run's last validation may be older). The
@@ -492,14 +495,6 @@ fn export(args: ExportArgs) -> Result<()> {
         done.decoder_bytes as f64 / 1e6
     );
     Ok(())
-}
-
-/// A model directory's config and decoder weights (f32), checked against each other.
-fn read_decoder(dir: &Path) -> Result<(ModelConfig, HashMap<String, Tensor>)> {
-    let model = ModelConfig::from_file(&dir.join(CONFIG_FILE))?;
-    let specs = engine::models::Decoder::tensor_specs(model.num_tokens, &model.decoder);
-    let weights = load_checked(&dir.join(DECODER_FILE), &specs, DType::F32, &Device::Cpu)?;
-    Ok((model, weights))
 }
 
 /// The exported weights and another model on the same validation windows, at the run's window

@@ -169,29 +169,34 @@ pub struct Trainer {
 /// Sets every variable from the decoder of the model directory `dir`, after checking that
 /// its shapes are the run's (only the context may differ).
 fn init_from_model(vars: &[(String, Var)], model: &ModelConfig, dir: &Path) -> Result<()> {
-    use crate::models::model_dir::{load_checked, CONFIG_FILE, DECODER_FILE};
-    let config_file = dir.join(CONFIG_FILE);
-    let theirs = ModelConfig::from_file(&config_file)?;
+    let (theirs, tensors) = decoder_weights(dir)?;
     if theirs.num_tokens != model.num_tokens || theirs.decoder != model.decoder {
         return Err(Error::Format {
-            path: config_file,
+            path: dir.join(crate::models::model_dir::CONFIG_FILE),
             reason: format!(
                 "--init needs the run's decoder shape ({} tokens, {:?}); this model has {} tokens, {:?}",
                 model.num_tokens, model.decoder, theirs.num_tokens, theirs.decoder
             ),
         });
     }
-    let file = dir.join(DECODER_FILE);
-    let specs = Decoder::tensor_specs(model.num_tokens, &model.decoder);
-    let tensors = load_checked(&file, &specs, DType::F32, &Device::Cpu)?;
     for (name, var) in vars {
         let t = tensors.get(name).ok_or_else(|| Error::Format {
-            path: file.clone(),
+            path: dir.join(crate::models::model_dir::DECODER_FILE),
             reason: format!("no weights for `{name}`"),
         })?;
         var.set(&t.to_device(var.device())?)?;
     }
     Ok(())
+}
+
+/// A model directory's config and its decoder's weights in f32 on the CPU, checked against each
+/// other: what `--init` starts from and what an export's comparison measures.
+pub fn decoder_weights(dir: &Path) -> Result<(ModelConfig, HashMap<String, Tensor>)> {
+    use crate::models::model_dir::{load_checked, CONFIG_FILE, DECODER_FILE};
+    let model = ModelConfig::from_file(&dir.join(CONFIG_FILE))?;
+    let specs = Decoder::tensor_specs(model.num_tokens, &model.decoder);
+    let weights = load_checked(&dir.join(DECODER_FILE), &specs, DType::F32, &Device::Cpu)?;
+    Ok((model, weights))
 }
 
 /// Seeded N(0, 0.02) weights for every matrix (the decoder's own init for them), so that two
