@@ -56,6 +56,10 @@ pub struct AdapterArgs {
     /// Weight of feature matching (discriminator bar embeddings, generated against real).
     #[arg(long, default_value_t = 0.0)]
     feature_matching: f64,
+    /// Mismatched pairs per prime in each discriminator step (another prime with this
+    /// prime's true continuation, judged fake; no generation needed). 0 turns them off.
+    #[arg(long, default_value_t = 1.0)]
+    mismatched: f64,
     /// Primes per step.
     #[arg(long, default_value_t = 8)]
     batch: usize,
@@ -181,6 +185,7 @@ pub fn adapter(args: AdapterArgs) -> Result<()> {
         cfg.samples = args.samples;
         cfg.kl = args.kl;
         cfg.feature_matching = args.feature_matching;
+        cfg.mismatched = args.mismatched;
         cfg.batch = args.batch;
         cfg.adapter_lr = args.lr;
         cfg.discriminator_lr = args.discriminator_lr;

@@ -107,6 +107,13 @@ pub struct ScstConfig {
     pub replay: f64,
     /// Older samples kept for replay.
     pub replay_capacity: usize,
+    /// Mismatched pairs per prime in each discriminator step: another training pair's prime
+    /// with this prime's true continuation (label 0), next to that prime's own continuation
+    /// (label 1). They cost no generation, so they multiply what the critic sees per step, and
+    /// they teach the judgement the reward is about: whether a continuation belongs with its
+    /// prime. 0 turns them off.
+    #[serde(default)]
+    pub mismatched: f64,
     pub phases: PhaseConfig,
     /// Held-out pairs for the discriminator's accuracy (every step).
     pub heldout: usize,
@@ -167,6 +174,7 @@ impl ScstConfig {
             label_smoothing: 0.1,
             replay: 0.25,
             replay_capacity: 256,
+            mismatched: 1.0,
             phases: PhaseConfig::default(),
             heldout: 8,
             eval_every: 25,
@@ -213,6 +221,12 @@ impl ScstConfig {
         let positive = |v: f64| v > 0.0 && v.is_finite();
         if !positive(self.adapter_lr) || !positive(self.discriminator_lr) {
             return Err("learning rates must be positive".into());
+        }
+        if !(0.0..=8.0).contains(&self.mismatched) {
+            return Err(format!(
+                "--mismatched must be within 0..=8 pairs per prime, not {}",
+                self.mismatched
+            ));
         }
         if !(0.0..0.5).contains(&self.label_smoothing) || !(0.0..=1.0).contains(&self.replay) {
             return Err("label smoothing must be within [0, 0.5), replay within [0, 1]".into());

@@ -195,6 +195,9 @@ pub struct Scst {
     discriminator_opt: AdamW,
     pairs: PairSet,
     heldout: Vec<usize>,
+    /// The held-out fakes and the adapter update they were sampled after: while the adapter
+    /// has not changed (critic warm-up) they are the same samples, so they are drawn once.
+    heldout_fakes: Option<(u64, Vec<Option<Vec<TokenId>>>)>,
     val: Vec<usize>,
     state: State,
     sampling: Sampling,
@@ -406,6 +409,7 @@ impl Scst {
             discriminator_opt,
             pairs,
             heldout,
+            heldout_fakes: None,
             val,
             state,
             sampling,
@@ -510,8 +514,7 @@ impl Scst {
                         continue;
                     }
                 };
-                let samples =
-                    rollout::sample(&gen, &prime, &self.sampling, samples, seed, false)?;
+                let samples = rollout::sample(&gen, &prime, &self.sampling, samples, seed, false)?;
                 let greedy = if greedy {
                     rollout::sample(&gen, &prime, &self.sampling, 1, seed, true)?.pop()
                 } else {
@@ -555,7 +558,7 @@ impl Scst {
 
         let adapter_seconds = clock.elapsed().as_secs_f64();
         let clock = Instant::now();
-        let accuracy = self.heldout_accuracy(step)?;
+        let accuracy = self.heldout_accuracy()?;
         let heldout_seconds = clock.elapsed().as_secs_f64();
         let smoothed = self
             .cfg
@@ -622,19 +625,34 @@ impl Scst {
             }
         }
         let train = &self.pairs.train;
-        let mut primes: Vec<&[TokenId]> = rolls.iter().map(|r| &train[r.pair].prime[..]).collect();
-        let mut conts: Vec<&[TokenId]> = rolls
-            .iter()
-            .map(|r| &train[r.pair].continuation[..])
-            .collect();
-        primes.extend(fakes.iter().map(|f| &train[f.pair].prime[..]));
-        conts.extend(fakes.iter().map(|f| &f.ids[..]));
+        let mismatched = mismatched_pairs(
+            rolls.iter().map(|r| r.pair),
+            self.cfg.mismatched,
+            train.len(),
+            rng,
+        );
+        let real = |p: usize| -> Judged { (&train[p].prime, &train[p].continuation, true) };
+        let mut rows: Vec<Judged> = rolls.iter().map(|r| real(r.pair)).collect();
+        rows.extend(
+            fakes
+                .iter()
+                .map(|f| -> Judged { (&train[f.pair].prime, &f.ids, false) }),
+        );
+        for &(own, other) in &mismatched {
+            rows.push(real(other));
+            rows.push((&train[other].prime, &train[own].continuation, false));
+        }
+        let primes: Vec<&[TokenId]> = rows.iter().map(|r| r.0).collect();
+        let conts: Vec<&[TokenId]> = rows.iter().map(|r| r.1).collect();
         let dev = self.model.decoder.device().clone();
         let batch = self.discriminator.batch(&primes, &conts, &dev)?;
         let out = self.discriminator.forward(&batch, Kernels::Training)?;
-        let mut labels = vec![(1.0 - self.cfg.label_smoothing) as f32; n];
-        labels.extend(std::iter::repeat_n(0f32, n));
-        let labels = Tensor::from_vec(labels, 2 * n, &dev)?;
+        let real_label = (1.0 - self.cfg.label_smoothing) as f32;
+        let labels: Vec<f32> = rows
+            .iter()
+            .map(|r| if r.2 { real_label } else { 0.0 })
+            .collect();
+        let labels = Tensor::from_vec(labels, rows.len(), &dev)?;
         let loss = bce_with_logits(&out.logit, &labels)?;
         let value = loss.to_scalar::<f32>()? as f64;
         if !value.is_finite() {
@@ -827,26 +845,45 @@ impl Scst {
     }
 
     /// The discriminator's accuracy on the held-out pairs: their true continuations against
-    /// one sample each (seeded by the step).
-    fn heldout_accuracy(&self, step: u64) -> Result<f64> {
-        let mut rng = self.rng(step, "heldout");
-        let gen = self.generator()?;
+    /// one sample each of the adapter as it is now.
+    fn heldout_accuracy(&mut self) -> Result<f64> {
+        // Seeded by the adapter's update count, not the step: the samples are a function of
+        // the adapter alone, which is what lets them be reused (and a resumed run draw the
+        // same ones).
+        let version = self.adapter_opt.t;
+        if self
+            .heldout_fakes
+            .as_ref()
+            .is_none_or(|(v, _)| *v != version)
+        {
+            let mut rng = self.rng(version, "heldout");
+            let gen = self.generator()?;
+            let mut fakes = Vec::with_capacity(self.heldout.len());
+            for &j in &self.heldout {
+                let seed: u64 = rng.random();
+                let fake = match rollout::prime(&gen, &self.pairs.val[j], &self.sampling) {
+                    Ok(prime) => Some(
+                        rollout::sample(&gen, &prime, &self.sampling, 1, seed, false)?
+                            .pop()
+                            .expect("one sample"),
+                    ),
+                    Err(_) => None,
+                };
+                fakes.push(fake);
+            }
+            self.heldout_fakes = Some((version, fakes));
+        }
+        let (_, fakes) = self.heldout_fakes.as_ref().expect("just drawn");
         let mut primes: Vec<&[TokenId]> = Vec::new();
         let mut reals: Vec<&[TokenId]> = Vec::new();
-        let mut fakes = Vec::new();
-        for &j in &self.heldout {
-            let pair = &self.pairs.val[j];
-            let seed: u64 = rng.random();
-            let Ok(prime) = rollout::prime(&gen, pair, &self.sampling) else {
-                continue;
-            };
-            fakes.push(
-                rollout::sample(&gen, &prime, &self.sampling, 1, seed, false)?
-                    .pop()
-                    .expect("one sample"),
-            );
-            primes.push(&pair.prime);
-            reals.push(&pair.continuation);
+        let mut generated: Vec<&[TokenId]> = Vec::new();
+        for (&j, fake) in self.heldout.iter().zip(fakes) {
+            if let Some(fake) = fake {
+                let pair = &self.pairs.val[j];
+                primes.push(&pair.prime);
+                reals.push(&pair.continuation);
+                generated.push(fake);
+            }
         }
         if primes.is_empty() {
             return Ok(0.5);
@@ -854,7 +891,7 @@ impl Scst {
         let mut all_p = primes.clone();
         all_p.extend(primes.iter().copied());
         let mut all_c = reals;
-        all_c.extend(fakes.iter().map(|f| &f[..]));
+        all_c.extend(generated);
         let p = self.judge(&all_p, &all_c)?;
         let n = primes.len();
         let correct = p[..n].iter().filter(|&&x| x > 0.5).count()
@@ -1089,6 +1126,34 @@ impl Scst {
 
 /// One gradient per optimiser parameter, in order; zeros for a parameter the loss does not
 /// reach (a term that is off).
+/// A discriminator training row: prime, continuation, and whether the pair is real.
+type Judged<'a> = (&'a [TokenId], &'a [TokenId], bool);
+
+/// `(own, other)` training-pair indices for a discriminator step's mismatched pairs: `share`
+/// per prime of `primes` (rounded), each with another pair drawn at random. The step judges
+/// `other`'s prime with its own continuation (real) and with `own`'s (fake).
+pub(super) fn mismatched_pairs(
+    primes: impl ExactSizeIterator<Item = usize> + Clone,
+    share: f64,
+    pairs: usize,
+    rng: &mut ChaCha8Rng,
+) -> Vec<(usize, usize)> {
+    let n = primes.len();
+    let m = (share * n as f64).round() as usize;
+    if pairs < 2 || n == 0 {
+        return Vec::new();
+    }
+    primes
+        .cycle()
+        .take(m)
+        .map(|own| {
+            // Uniform over the pairs other than `own`.
+            let k = rng.random_range(0..pairs - 1);
+            (own, if k >= own { k + 1 } else { k })
+        })
+        .collect()
+}
+
 /// Rollouts per prime in a step of `phase`. The discriminator judges one sample of each prime,
 /// so while the adapter rests (critic warm-up) the other `samples − 1` would be generated for
 /// nothing, and generation is most of a step's time.
@@ -1100,7 +1165,10 @@ fn samples_per_prime(phase: Phase, samples: usize) -> usize {
     }
 }
 
-pub(super) fn collect_grads(opt: &AdamW, grads: &candle_core::backprop::GradStore) -> Result<Vec<Tensor>> {
+pub(super) fn collect_grads(
+    opt: &AdamW,
+    grads: &candle_core::backprop::GradStore,
+) -> Result<Vec<Tensor>> {
     opt.params()
         .iter()
         .map(|(_, v)| match grads.get(v.as_tensor()) {
