@@ -60,6 +60,10 @@ pub struct AdapterArgs {
     /// prime's true continuation, judged fake; no generation needed). 0 turns them off.
     #[arg(long, default_value_t = 1.0)]
     mismatched: f64,
+    /// Steps at the start of the critic warm-up on mismatched pairs alone (no generation: a
+    /// fraction of a warm-up step's cost each; they count towards --warmup-max-steps).
+    #[arg(long, default_value_t = 0)]
+    critic_pretrain: u64,
     /// Primes per step.
     #[arg(long, default_value_t = 8)]
     batch: usize,
@@ -186,6 +190,7 @@ pub fn adapter(args: AdapterArgs) -> Result<()> {
         cfg.kl = args.kl;
         cfg.feature_matching = args.feature_matching;
         cfg.mismatched = args.mismatched;
+        cfg.critic_pretrain = args.critic_pretrain;
         cfg.batch = args.batch;
         cfg.adapter_lr = args.lr;
         cfg.discriminator_lr = args.discriminator_lr;

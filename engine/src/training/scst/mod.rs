@@ -114,6 +114,12 @@ pub struct ScstConfig {
     /// prime. 0 turns them off.
     #[serde(default)]
     pub mismatched: f64,
+    /// Steps at the start of the critic warm-up that train the discriminator on mismatched
+    /// pairs alone: no rollouts, so each costs a discriminator step instead of a batch of
+    /// 4-bar generations, and the critic first learns what belongs with a prime from many
+    /// cheap examples. They count towards the warm-up's `warmup_max_steps`.
+    #[serde(default)]
+    pub critic_pretrain: u64,
     pub phases: PhaseConfig,
     /// Held-out pairs for the discriminator's accuracy (every step).
     pub heldout: usize,
@@ -175,6 +181,7 @@ impl ScstConfig {
             replay: 0.25,
             replay_capacity: 256,
             mismatched: 1.0,
+            critic_pretrain: 0,
             phases: PhaseConfig::default(),
             heldout: 8,
             eval_every: 25,
@@ -227,6 +234,12 @@ impl ScstConfig {
                 "--mismatched must be within 0..=8 pairs per prime, not {}",
                 self.mismatched
             ));
+        }
+        if self.critic_pretrain > 0 && self.mismatched <= 0.0 {
+            return Err(
+                "--critic-pretrain trains on mismatched pairs: it needs --mismatched above 0"
+                    .into(),
+            );
         }
         if !(0.0..0.5).contains(&self.label_smoothing) || !(0.0..=1.0).contains(&self.replay) {
             return Err("label smoothing must be within [0, 0.5), replay within [0, 1]".into());

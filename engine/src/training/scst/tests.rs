@@ -732,3 +732,51 @@ fn mismatched_pairs_cycle_through_the_primes_and_never_pair_one_with_itself() {
     // One pair in all: nothing to mismatch it with.
     assert!(super::trainer::mismatched_pairs([0usize].into_iter(), 1.0, 1, &mut rng).is_empty());
 }
+
+#[test]
+fn the_critic_pre_training_judges_mismatched_pairs_without_generating() {
+    let pairs = fourth_pairs(2);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(Control::None, Baseline::Others, 4);
+    let cfg = ScstConfig {
+        critic_pretrain: 2,
+        phases: PhaseConfig {
+            warmup_max_steps: 3,
+            ..cfg.phases
+        },
+        ..cfg
+    };
+    assert!(ScstConfig {
+        mismatched: 0.0,
+        ..cfg.clone()
+    }
+    .validate()
+    .unwrap_err()
+    .contains("--mismatched"));
+    let mut s = Scst::new(
+        cfg,
+        pretrained(),
+        None,
+        pairs,
+        dir.path(),
+        &dir.path().join("a.safetensors"),
+        false,
+    )
+    .unwrap();
+    let mut seen = StepTokens::default();
+    s.run(&RunOptions::default(), &mut seen).unwrap();
+    let phases: Vec<Phase> = seen.0.iter().map(|s| s.0).collect();
+    let tokens: Vec<u64> = seen.0.iter().map(|s| s.1).collect();
+    assert_eq!(phases[..3], [Phase::Warmup; 3]);
+    assert_eq!(tokens[..2], [0, 0], "pre-training steps generated tokens");
+    assert!(tokens[2] > 0 && tokens[3] > 0, "{tokens:?}");
+    // The discriminator trained on them: a loss was reported for each step.
+    let text = std::fs::read_to_string(dir.path().join(METRICS_FILE)).unwrap();
+    let losses = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train" && v["step"].as_u64().unwrap() <= 2)
+        .filter(|v| v["discriminator_loss"].as_f64().is_some_and(f64::is_finite))
+        .count();
+    assert_eq!(losses, 2);
+}

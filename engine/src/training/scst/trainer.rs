@@ -501,12 +501,23 @@ impl Scst {
         let mut rng = self.rng(step, "step");
         let greedy = self.cfg.baseline == Baseline::Greedy && phase.trains_adapter();
         let samples = samples_per_prime(phase, self.cfg.samples);
+        // The first steps of the warm-up may judge mismatched pairs alone: no rollouts.
+        let generate = phase != Phase::Warmup || step >= self.cfg.critic_pretrain;
         let mut rolls = Vec::with_capacity(self.cfg.batch);
         {
             let gen = self.generator()?;
             for _ in 0..self.cfg.batch {
                 let pair = rng.random_range(0..self.pairs.train.len());
                 let seed: u64 = rng.random();
+                if !generate {
+                    rolls.push(Rollout {
+                        pair,
+                        prefix: Vec::new(),
+                        samples: Vec::new(),
+                        greedy: None,
+                    });
+                    continue;
+                }
                 let prime = match rollout::prime(&gen, &self.pairs.train[pair], &self.sampling) {
                     Ok(p) => p,
                     Err(e) => {
@@ -608,16 +619,21 @@ impl Scst {
     /// Real continuations against this step's first sample of each prime, a share of the fakes
     /// replayed from older steps. Returns the loss.
     fn discriminator_step(&mut self, rolls: &[Rollout], rng: &mut ChaCha8Rng) -> Result<f64> {
-        let n = rolls.len();
         let mut fakes: Vec<Fake> = rolls
             .iter()
-            .map(|r| Fake {
-                pair: r.pair,
-                ids: r.samples[0].clone(),
+            .filter_map(|r| {
+                r.samples.first().map(|ids| Fake {
+                    pair: r.pair,
+                    ids: ids.clone(),
+                })
             })
             .collect();
         let fresh = fakes.clone();
+        // Real continuations balance the generated fakes; during the critic pre-training
+        // there are none of either, only the mismatched pairs' own balanced rows.
+        let n_generated = fakes.len();
         if !self.state.replay.is_empty() {
+            let n = n_generated;
             let replayed = ((self.cfg.replay * n as f64).round() as usize).min(n);
             for j in 0..replayed {
                 let k = rng.random_range(0..self.state.replay.len());
@@ -632,7 +648,11 @@ impl Scst {
             rng,
         );
         let real = |p: usize| -> Judged { (&train[p].prime, &train[p].continuation, true) };
-        let mut rows: Vec<Judged> = rolls.iter().map(|r| real(r.pair)).collect();
+        let mut rows: Vec<Judged> = rolls
+            .iter()
+            .filter(|r| !r.samples.is_empty())
+            .map(|r| real(r.pair))
+            .collect();
         rows.extend(
             fakes
                 .iter()
