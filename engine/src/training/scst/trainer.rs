@@ -273,7 +273,12 @@ impl Scst {
                 ),
             });
         }
-        let needed = cfg.batch.clamp(1, 2);
+        // Mismatched pairs (all the critic pre-training judges) need two pairs to mismatch.
+        let needed = if cfg.critic_pretrain > 0 {
+            2
+        } else {
+            cfg.batch.clamp(1, 2)
+        };
         if pairs.train.len() < needed || pairs.val.is_empty() {
             return Err(Error::TooFewPairs {
                 dirs: cfg.data.clone(),
@@ -616,8 +621,9 @@ impl Scst {
         ))
     }
 
-    /// Real continuations against this step's first sample of each prime, a share of the fakes
-    /// replayed from older steps. Returns the loss.
+    /// Real continuations against this step's first sample of each prime (a share of the fakes
+    /// replayed from older steps), and the mismatched pairs with their own real rows. Returns
+    /// the loss.
     fn discriminator_step(&mut self, rolls: &[Rollout], rng: &mut ChaCha8Rng) -> Result<f64> {
         let mut fakes: Vec<Fake> = rolls
             .iter()
