@@ -635,11 +635,8 @@ impl Scst {
             })
             .collect();
         let fresh = fakes.clone();
-        // Real continuations balance the generated fakes; during the critic pre-training
-        // there are none of either, only the mismatched pairs' own balanced rows.
-        let n_generated = fakes.len();
         if !self.state.replay.is_empty() {
-            let n = n_generated;
+            let n = fakes.len();
             let replayed = ((self.cfg.replay * n as f64).round() as usize).min(n);
             for j in 0..replayed {
                 let k = rng.random_range(0..self.state.replay.len());
@@ -654,11 +651,9 @@ impl Scst {
             rng,
         );
         let real = |p: usize| -> Judged { (&train[p].prime, &train[p].continuation, true) };
-        let mut rows: Vec<Judged> = rolls
-            .iter()
-            .filter(|r| !r.samples.is_empty())
-            .map(|r| real(r.pair))
-            .collect();
+        // One real continuation per fresh fake (none during the critic pre-training, which
+        // judges only the mismatched pairs and their own real rows).
+        let mut rows: Vec<Judged> = fresh.iter().map(|f| real(f.pair)).collect();
         rows.extend(
             fakes
                 .iter()
