@@ -1145,8 +1145,6 @@ impl Scst {
     }
 }
 
-/// One gradient per optimiser parameter, in order; zeros for a parameter the loss does not
-/// reach (a term that is off).
 /// A discriminator training row: prime, continuation, and whether the pair is real.
 type Judged<'a> = (&'a [TokenId], &'a [TokenId], bool);
 
@@ -1186,6 +1184,8 @@ fn samples_per_prime(phase: Phase, samples: usize) -> usize {
     }
 }
 
+/// One gradient per optimiser parameter, in order; zeros for a parameter the loss does not
+/// reach (a term that is off).
 pub(super) fn collect_grads(
     opt: &AdamW,
     grads: &candle_core::backprop::GradStore,
