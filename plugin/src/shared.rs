@@ -263,8 +263,19 @@ mod tests {
                 flips
             })
         };
+        // Read until both transports have been seen many times, so the writer really ran
+        // while the reader read (on a busy machine it may start only after thousands of reads).
         let mut seen = [0usize; 2];
-        for _ in 0..200_000 {
+        let mut reads = 0usize;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while reads < 200_000 || seen[0] < 10_000 || seen[1] < 10_000 {
+            reads += 1;
+            if reads.is_multiple_of(4096) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the writer never got to run: seen {seen:?} in {reads} reads"
+                );
+            }
             let view = snapshot.view();
             let got = (view.position, view.tempo, view.time_signature);
             if got == a {
@@ -278,6 +289,6 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         let flips = writer.join().unwrap();
         assert!(flips > 0);
-        assert!(seen[0] + seen[1] == 200_000);
+        assert_eq!(seen[0] + seen[1], reads);
     }
 }
