@@ -3,13 +3,38 @@
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use engine::models::discriminator::bar_indices;
-use engine::models::{Discriminator, DiscriminatorConfig, Kernels};
+use engine::models::discriminator::DiscriminatorInput;
+use engine::models::{Decoder, DecoderConfig, Discriminator, DiscriminatorConfig, Kernels};
 
 fn disc() -> (Discriminator, VarMap) {
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
     let d = Discriminator::new(373, &DiscriminatorConfig::tiny(), vb).unwrap();
     (d, vm)
+}
+
+/// A tiny discriminator that reads a (random) tiny decoder's states.
+fn disc_on_decoder() -> (Discriminator, VarMap) {
+    let dm = VarMap::new();
+    let dec = Decoder::new(
+        373,
+        &DecoderConfig::tiny(),
+        VarBuilder::from_varmap(&dm, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    let vm = VarMap::new();
+    let cfg = DiscriminatorConfig {
+        input: DiscriminatorInput::Decoder,
+        ..DiscriminatorConfig::tiny()
+    };
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    let d = Discriminator::with_decoder(&dec, &cfg, vb).unwrap();
+    (d, vm)
+}
+
+/// Both kinds of input, for the tests that hold for each.
+fn discriminators() -> [(Discriminator, VarMap); 2] {
+    [disc(), disc_on_decoder()]
 }
 
 const BAR: u32 = 3;
@@ -38,7 +63,12 @@ fn bars_are_grouped_by_bar_tokens() {
 
 #[test]
 fn output_shapes() {
-    let (d, _vm) = disc();
+    for (d, _vm) in discriminators() {
+        output_shapes_of(&d);
+    }
+}
+
+fn output_shapes_of(d: &Discriminator) {
     let (p0, p1, p2) = (seq(5, 1), seq(9, 2), seq(3, 3));
     let (c0, c1, c2) = (seq(20, 4), seq(11, 5), seq(2, 6));
     let batch = d
@@ -78,7 +108,12 @@ fn output_shapes() {
 
 #[test]
 fn padding_does_not_change_a_sequence_score() {
-    let (d, _vm) = disc();
+    for (d, _vm) in discriminators() {
+        padding_does_not_change_a_sequence_score_of(&d);
+    }
+}
+
+fn padding_does_not_change_a_sequence_score_of(d: &Discriminator) {
     let (p, c) = (seq(6, 1), seq(10, 2));
     let alone = d
         .forward(
@@ -172,7 +207,12 @@ fn all_bars_in_one_and_many_bars() {
 /// of `forward` (feature matching relies on it: its value is the judgement of the sample).
 #[test]
 fn one_hot_weights_score_as_the_ids_do() {
-    let (d, _vm) = disc();
+    for (d, _vm) in discriminators() {
+        one_hot_weights_score_as_the_ids_do_of(&d);
+    }
+}
+
+fn one_hot_weights_score_as_the_ids_do_of(d: &Discriminator) {
     let (p0, p1) = (seq(5, 1), seq(9, 2));
     let (c0, c1) = (seq(12, 4), seq(7, 5));
     let batch = d.batch(&[&p0, &p1], &[&c0, &c1], &Device::Cpu).unwrap();
@@ -191,4 +231,59 @@ fn one_hot_weights_score_as_the_ids_do() {
             assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
         }
     }
+}
+
+/// Reading the decoder, a continuation is judged in the light of its prime twice over (the
+/// decoder's states and the cross-attention): the same continuation after another prime scores
+/// differently, and a batch built for the other kind of input is refused, not misread.
+#[test]
+fn a_discriminator_on_the_decoder_reads_the_continuation_after_its_prime() {
+    let (d, _vm) = disc_on_decoder();
+    let c = seq(10, 2);
+    let score = |p: &[u32]| -> f32 {
+        let b = d.batch(&[p], &[&c], &Device::Cpu).unwrap();
+        d.forward(&b, Kernels::Inference)
+            .unwrap()
+            .logit
+            .to_vec1()
+            .unwrap()[0]
+    };
+    assert!((score(&seq(6, 1)) - score(&seq(6, 7))).abs() > 1e-6);
+
+    let (tokens, _vm2) = disc();
+    let foreign = tokens.batch(&[&seq(6, 1)], &[&c], &Device::Cpu).unwrap();
+    let err = d.forward(&foreign, Kernels::Inference).unwrap_err();
+    assert!(err.to_string().contains("reads tokens"), "{err}");
+    // Its file holds a projection from the decoder's width, no token embedding.
+    let specs = Discriminator::tensor_specs(373, 32, d.config());
+    assert_eq!(specs[0], ("proj_in.weight".to_string(), vec![16, 32]));
+    assert!(specs.iter().all(|(n, _)| n != "token_emb.weight"));
+}
+
+/// The decoder path passes the relaxed continuation through the frozen decoder: the gradient
+/// reaches the token weights (what feature matching needs) and no decoder tensor is a variable.
+#[test]
+fn the_relaxed_path_through_the_decoder_carries_a_gradient_to_the_weights() {
+    let (d, vm) = disc_on_decoder();
+    let (p, c) = (seq(5, 1), seq(8, 3));
+    let batch = d.batch(&[&p], &[&c], &Device::Cpu).unwrap();
+    let w = candle_core::Var::from_tensor(
+        &(Tensor::ones((1, 8, 373), DType::F32, &Device::Cpu).unwrap() / 373.0).unwrap(),
+    )
+    .unwrap();
+    let out = d
+        .forward_relaxed(&batch, w.as_tensor(), Kernels::Training)
+        .unwrap();
+    let grads = out.logit.sum_all().unwrap().backward().unwrap();
+    let g = grads
+        .get(w.as_tensor())
+        .expect("a gradient for the weights");
+    let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+    assert!(norm > 0.0);
+    // Only the discriminator's own tensors are variables of its map.
+    let names: Vec<String> = vm.data().lock().unwrap().keys().cloned().collect();
+    assert!(names.iter().any(|n| n == "proj_in.weight"));
+    assert!(names
+        .iter()
+        .all(|n| !n.starts_with("attn_layers.") && !n.starts_with("token_emb")));
 }

@@ -182,6 +182,20 @@ fn every_discriminator_variable_gets_a_gradient() {
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
     let d = Discriminator::new(V, &DiscriminatorConfig::tiny(), vb).unwrap();
+    every_discriminator_variable_gets_a_gradient_of(&d, &vm);
+    // Reading the decoder's states (`proj_in` instead of the token embedding).
+    let (dec, _dec_vars) = decoder(DType::F32);
+    let cfg = DiscriminatorConfig {
+        input: engine::models::discriminator::DiscriminatorInput::Decoder,
+        ..DiscriminatorConfig::tiny()
+    };
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    let d = Discriminator::with_decoder(&dec, &cfg, vb).unwrap();
+    every_discriminator_variable_gets_a_gradient_of(&d, &vm);
+}
+
+fn every_discriminator_variable_gets_a_gradient_of(d: &Discriminator, vm: &VarMap) {
     let p0: Vec<u32> = vec![3, 10, 50, 60, 3, 12];
     let c0: Vec<u32> = vec![3, 40, 41, 42, 3, 43, 44, 3, 45];
     let c1: Vec<u32> = vec![70, 71, 3, 72];
@@ -209,7 +223,7 @@ fn every_discriminator_variable_gets_a_gradient() {
     .unwrap();
     let loss = (bce.mean_all().unwrap() + weighted_sum(&out.bar_scores, 3)).unwrap();
     // The bar attention's bias adds one constant to every score of a softmax over a bar.
-    assert_all_grads_but_shift_invariant(&vm, &loss, "discriminator", &["bar_attn.bias"]);
+    assert_all_grads_but_shift_invariant(vm, &loss, "discriminator", &["bar_attn.bias"]);
 }
 
 /// Central finite differences in f64 on a few elements of every variable.

@@ -134,6 +134,21 @@ fn train_adapter_resume_plot_continue_and_errors() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("\nrerank "), "{}", text(&o));
+    // A discriminator that reads the decoder: trained, written with its shape in the header,
+    // and loaded back on the decoder for reranking.
+    let on_decoder = root.join("adapters/on-decoder.safetensors");
+    let mut args = base.to_vec();
+    args[7] = s(&on_decoder);
+    let o = xtask(&[&args[..], &["--steps", "1", "--critic-reads", "decoder"]].concat());
+    assert!(o.status.success(), "{}", text(&o));
+    let header = std::fs::read(root.join("adapters/on-decoder.discriminator.safetensors")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&header).contains(r#"\"input\":\"decoder\""#),
+        "the discriminator's header does not record what it reads"
+    );
+    let o = cont(&["--adapter", s(&on_decoder), "--rerank", "2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("rerank: kept candidate"), "{}", text(&o));
     let o = cont(&["--adapter", "none"]);
     assert!(o.status.success(), "{}", text(&o));
     // Reranking without a discriminator anywhere names the file it looked for.

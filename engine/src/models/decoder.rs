@@ -252,6 +252,20 @@ impl Decoder {
         }
     }
 
+    /// The token embedding table `(num_tokens, dim)`.
+    pub(crate) fn embeddings(&self) -> &Tensor {
+        self.token_emb.embeddings()
+    }
+
+    /// Final-normed hidden states `(b, t, dim)` of embedded positions `x` `(b, t, dim)` from
+    /// position 0, no cache: what the discriminator reads when it reads the decoder. The
+    /// weights are frozen tensors, so with [`Kernels::Training`] a gradient reaches `x` (and
+    /// through it whoever weighted the embeddings) but no decoder parameter.
+    pub(crate) fn features_of_embedded(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        let h = self.layers.forward(x, None, None, 0, None, kernels)?;
+        self.layers.final_norm().forward(&h, kernels)
+    }
+
     /// Logits `(b, t, num_tokens)` from a pre-final-norm hidden state.
     pub fn logits_from_hidden(&self, hidden: &Tensor, kernels: Kernels) -> Result<Tensor> {
         let h = self.layers.final_norm().forward(hidden, kernels)?;

@@ -14,6 +14,17 @@
 //! token; tokens before the first `Bar` form a bar of their own); `order_encoder` is a small
 //! stack over bar embeddings with rotary positions = bar index.
 //!
+//! What it reads ([`DiscriminatorInput`]): its own token embedding (the default), or the
+//! frozen decoder's hidden states. The decoder's states carry what pretraining learnt about
+//! music, and each continuation position's state has already attended to the prime, so a critic
+//! on top of them starts from features that tell a coherent continuation from a stray one, as
+//! reward models for language models start from the language model. In that mode the prime
+//! encoder reads the prime's states and the encoder the continuation's, both projected to the
+//! critic's width by `proj_in`; the rest is unchanged. Measured on the piano corpus (see
+//! `docs/adapter-training.md`), it learns to reject mismatched pairs sooner than the token
+//! critic, but tells the decoder's own continuations from real ones no better: both stay near
+//! chance there, so the token critic, which costs no decoder pass, stays the default.
+//!
 //! Sequences in a batch may have different lengths: [`DiscriminatorBatch`] pads them and
 //! carries masks, and padding never changes a sequence's scores.
 
@@ -25,7 +36,7 @@ use super::blocks::{
     default_attn_dim_head, default_ff_mult, key_padding_mask, softmax_plain, AttentionLayers,
     Kernels, Linear, StackConfig, W_INIT,
 };
-use super::decoder::validate_shape;
+use super::decoder::{validate_shape, Decoder};
 use super::error::ModelConfigError;
 
 fn d_depth() -> usize {
@@ -45,6 +56,22 @@ fn d_bar() -> u32 {
 }
 fn d_pad() -> u32 {
     0
+}
+fn d_bos() -> u32 {
+    1
+}
+
+/// What the discriminator reads (`"input"` in its config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscriminatorInput {
+    /// Its own token embedding (`token_emb.weight`).
+    #[default]
+    Tokens,
+    /// The frozen decoder's final-normed hidden states of `BOS`, prime and continuation in one
+    /// causal pass, projected by `proj_in.weight`. The decoder is not part of the file: the
+    /// discriminator is built on the decoder it was trained with.
+    Decoder,
 }
 
 /// The discriminator's shape (`"discriminator"` in `config.json`).
@@ -75,6 +102,13 @@ pub struct DiscriminatorConfig {
     /// Id used to pad sequences in a batch (`PAD_None`, 0 in MidiTok vocabularies).
     #[serde(default = "d_pad")]
     pub pad_token_id: u32,
+    /// Its own embedding or the decoder's states (default: its own embedding, as files written
+    /// before the choice existed).
+    #[serde(default)]
+    pub input: DiscriminatorInput,
+    /// `BOS`, which opens the decoder's view of a pair (1 in MidiTok vocabularies).
+    #[serde(default = "d_bos")]
+    pub bos_token_id: u32,
 }
 
 impl DiscriminatorConfig {
@@ -91,6 +125,8 @@ impl DiscriminatorConfig {
             order_depth: 2,
             bar_token_id: 3,
             pad_token_id: 0,
+            input: DiscriminatorInput::Tokens,
+            bos_token_id: 1,
         }
     }
 
@@ -172,6 +208,117 @@ pub struct DiscriminatorBatch {
     pub bar_mask: Tensor,
     /// Number of bars of each continuation.
     pub bars: Vec<usize>,
+    /// The decoder's view of each pair, for a discriminator that reads the decoder.
+    joint: Option<Joint>,
+}
+
+/// Each pair as the decoder reads it: `BOS`, the prime, the continuation's opening bar line
+/// (which pairs and rollouts leave to the prime) and the continuation, right-padded (the decoder
+/// is causal, so padding after a sequence changes none of its states).
+#[derive(Debug, Clone)]
+struct Joint {
+    /// `(b, t_joint)` u32.
+    ids: Tensor,
+    /// Per pair: where the continuation starts, and the prime's and continuation's lengths.
+    lead: Vec<usize>,
+    prime_len: Vec<usize>,
+    continuation_len: Vec<usize>,
+}
+
+/// The continuation's opening bar line as the generator writes it after a prime: `Bar`, and the
+/// token that follows `Bar` in every bar of the prime when there is one (the time signature;
+/// pairs keep one meter), so the decoder sees a well-formed sequence.
+fn bar_line(prime: &[u32], bar: u32) -> Vec<u32> {
+    let starts: Vec<usize> = (0..prime.len()).filter(|&i| prime[i] == bar).collect();
+    let after = |i: usize| prime.get(i + 1).copied();
+    match starts[..] {
+        [first, .., last] if after(first).is_some() && after(first) == after(last) => {
+            vec![bar, prime[last + 1]]
+        }
+        _ => vec![bar],
+    }
+}
+
+impl Joint {
+    fn new(
+        primes: &[&[u32]],
+        continuations: &[&[u32]],
+        cfg: &DiscriminatorConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        let seqs: Vec<Vec<u32>> = primes
+            .iter()
+            .zip(continuations)
+            .map(|(p, c)| {
+                let mut s = Vec::with_capacity(p.len() + c.len() + 3);
+                s.push(cfg.bos_token_id);
+                s.extend_from_slice(p);
+                s.extend(bar_line(p, cfg.bar_token_id));
+                s.extend_from_slice(c);
+                s
+            })
+            .collect();
+        let continuation_len: Vec<usize> = continuations.iter().map(|c| c.len()).collect();
+        let lead = seqs
+            .iter()
+            .zip(&continuation_len)
+            .map(|(s, c)| s.len() - c)
+            .collect();
+        let refs: Vec<&[u32]> = seqs.iter().map(|s| &s[..]).collect();
+        let (ids, _, t) = pad_batch(&refs, cfg.pad_token_id);
+        Ok(Self {
+            ids: Tensor::from_vec(ids, (seqs.len(), t), device)?,
+            lead,
+            prime_len: primes.iter().map(|p| p.len()).collect(),
+            continuation_len,
+        })
+    }
+
+    /// Embeds the pairs with `emb` `(num_tokens, d)`; `continuation` `(b, t, d)`, when given,
+    /// replaces each continuation's embeddings (the relaxed path).
+    fn embed(&self, emb: &Tensor, continuation: Option<&Tensor>) -> Result<Tensor> {
+        let (b, t) = self.ids.dims2()?;
+        let e = emb
+            .index_select(&self.ids.flatten_all()?, 0)?
+            .reshape((b, t, ()))?;
+        let Some(c) = continuation else {
+            return Ok(e);
+        };
+        let rows = (0..b)
+            .map(|i| {
+                let (lead, n) = (self.lead[i], self.continuation_len[i]);
+                let row = e.get(i)?;
+                Tensor::cat(
+                    &[
+                        row.narrow(0, 0, lead)?,
+                        c.get(i)?.narrow(0, 0, n)?,
+                        row.narrow(0, lead + n, t - lead - n)?,
+                    ],
+                    0,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::stack(&rows, 0)
+    }
+
+    /// The prime's and the continuation's states out of the joint states `(b, t_joint, d)`,
+    /// each padded with zeros to the batch's own prime and continuation lengths.
+    fn split(&self, states: &Tensor, t_prime: usize, t: usize) -> Result<(Tensor, Tensor)> {
+        let cut = |i: usize, from: usize, len: usize, to: usize| {
+            states
+                .get(i)?
+                .narrow(0, from, len)?
+                .pad_with_zeros(0, 0, to - len)
+        };
+        let b = self.lead.len();
+        let prime = (0..b)
+            .map(|i| cut(i, 1, self.prime_len[i], t_prime))
+            .collect::<Result<Vec<_>>>()?;
+        let cont = (0..b)
+            .map(|i| cut(i, self.lead[i], self.continuation_len[i], t))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((Tensor::stack(&prime, 0)?, Tensor::stack(&cont, 0)?))
+    }
 }
 
 /// Bar index of every token: tokens before the first `Bar` form bar 0, each `Bar` token
@@ -240,6 +387,12 @@ impl DiscriminatorBatch {
             bar_membership: Tensor::from_vec(membership, (b, nb, tc), device)?,
             bar_mask: Tensor::from_vec(bar_mask, (b, nb), device)?,
             bars,
+            joint: match cfg.input {
+                DiscriminatorInput::Tokens => None,
+                DiscriminatorInput::Decoder => {
+                    Some(Joint::new(primes, continuations, cfg, device)?)
+                }
+            },
         })
     }
 }
@@ -284,10 +437,21 @@ impl DiscriminatorOutput {
     }
 }
 
+/// Where the discriminator's input states come from.
+#[derive(Debug, Clone)]
+enum Reads {
+    Tokens(Embedding),
+    /// The frozen decoder (never trained here) and the projection to the critic's width.
+    Decoder {
+        decoder: Box<Decoder>,
+        proj_in: Linear,
+    },
+}
+
 /// The discriminator network.
 #[derive(Debug, Clone)]
 pub struct Discriminator {
-    token_emb: Embedding,
+    reads: Reads,
     prime_encoder: AttentionLayers,
     encoder: AttentionLayers,
     order_encoder: AttentionLayers,
@@ -300,11 +464,45 @@ pub struct Discriminator {
 }
 
 impl Discriminator {
+    /// A discriminator that reads its own token embedding ([`DiscriminatorInput::Tokens`]).
     pub fn new(num_tokens: usize, cfg: &DiscriminatorConfig, vb: VarBuilder) -> Result<Self> {
+        if cfg.input != DiscriminatorInput::Tokens {
+            candle_core::bail!("a discriminator that reads the decoder is built with its decoder");
+        }
         let emb = vb.get_with_hints((num_tokens, cfg.dim), "token_emb.weight", W_INIT)?;
+        Self::build(Reads::Tokens(Embedding::new(emb, cfg.dim)), cfg, vb)
+    }
+
+    /// A discriminator for `decoder`'s vocabulary, reading the decoder's states when `cfg` says
+    /// so (the decoder is shared, not copied: its tensors are reference-counted).
+    pub fn with_decoder(
+        decoder: &Decoder,
+        cfg: &DiscriminatorConfig,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        match cfg.input {
+            DiscriminatorInput::Tokens => Self::new(decoder.num_tokens(), cfg, vb),
+            DiscriminatorInput::Decoder => {
+                let proj_in = Linear::new(
+                    decoder.config().dim,
+                    cfg.dim,
+                    false,
+                    false,
+                    vb.pp("proj_in"),
+                )?;
+                let reads = Reads::Decoder {
+                    decoder: Box::new(decoder.clone()),
+                    proj_in,
+                };
+                Self::build(reads, cfg, vb)
+            }
+        }
+    }
+
+    fn build(reads: Reads, cfg: &DiscriminatorConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.dim;
         Ok(Self {
-            token_emb: Embedding::new(emb, d),
+            reads,
             prime_encoder: AttentionLayers::new(
                 &cfg.stack(cfg.prime_depth, false),
                 vb.pp("prime_encoder"),
@@ -323,10 +521,18 @@ impl Discriminator {
         })
     }
 
-    /// Every tensor of `discriminator.safetensors` and its shape.
-    pub fn tensor_specs(num_tokens: usize, cfg: &DiscriminatorConfig) -> Vec<(String, Vec<usize>)> {
+    /// Every tensor of `discriminator.safetensors` and its shape, for a decoder of width
+    /// `decoder_dim` over `num_tokens` tokens.
+    pub fn tensor_specs(
+        num_tokens: usize,
+        decoder_dim: usize,
+        cfg: &DiscriminatorConfig,
+    ) -> Vec<(String, Vec<usize>)> {
         let d = cfg.dim;
-        let mut specs = vec![("token_emb.weight".to_string(), vec![num_tokens, d])];
+        let mut specs = vec![match cfg.input {
+            DiscriminatorInput::Tokens => ("token_emb.weight".to_string(), vec![num_tokens, d]),
+            DiscriminatorInput::Decoder => ("proj_in.weight".to_string(), vec![d, decoder_dim]),
+        }];
         for (name, depth, cross) in [
             ("prime_encoder", cfg.prime_depth, false),
             ("encoder", cfg.depth, true),
@@ -371,8 +577,37 @@ impl Discriminator {
         batch: &DiscriminatorBatch,
         kernels: Kernels,
     ) -> Result<DiscriminatorOutput> {
-        let x = self.token_emb.forward(&batch.continuation)?;
-        self.forward_embedded(batch, &x, kernels)
+        match &self.reads {
+            Reads::Tokens(emb) => {
+                let p = emb.forward(&batch.prime)?;
+                let x = emb.forward(&batch.continuation)?;
+                self.forward_embedded(batch, &p, &x, kernels)
+            }
+            Reads::Decoder { decoder, .. } => {
+                // Ids carry no gradient, so nothing flows back into the frozen decoder.
+                let joint = joint_of(batch)?;
+                let e = joint.embed(decoder.embeddings(), None)?;
+                let states = decoder.features_of_embedded(&e, kernels)?;
+                self.forward_states(batch, joint, &states, kernels)
+            }
+        }
+    }
+
+    /// Projects the decoder's joint states and scores them.
+    fn forward_states(
+        &self,
+        batch: &DiscriminatorBatch,
+        joint: &Joint,
+        states: &Tensor,
+        kernels: Kernels,
+    ) -> Result<DiscriminatorOutput> {
+        let Reads::Decoder { proj_in, .. } = &self.reads else {
+            candle_core::bail!("only a discriminator that reads the decoder has decoder states");
+        };
+        let (p, x) = joint.split(states, batch.prime.dim(1)?, batch.continuation.dim(1)?)?;
+        let p = proj_in.forward(&p, kernels)?;
+        let x = proj_in.forward(&x, kernels)?;
+        self.forward_embedded(batch, &p, &x, kernels)
     }
 
     /// Scores a batch whose continuation tokens are given as weights over the vocabulary,
@@ -387,24 +622,39 @@ impl Discriminator {
         weights: &Tensor,
         kernels: Kernels,
     ) -> Result<DiscriminatorOutput> {
-        let x = weights.broadcast_matmul(self.token_emb.embeddings())?;
-        self.forward_embedded(batch, &x, kernels)
+        match &self.reads {
+            Reads::Tokens(emb) => {
+                let p = emb.forward(&batch.prime)?;
+                let x = weights.broadcast_matmul(emb.embeddings())?;
+                self.forward_embedded(batch, &p, &x, kernels)
+            }
+            Reads::Decoder { decoder, .. } => {
+                // The weighted embeddings go through the decoder with its differentiable
+                // kernels, so the gradient reaches the weights.
+                let joint = joint_of(batch)?;
+                let soft = weights.broadcast_matmul(decoder.embeddings())?;
+                let e = joint.embed(decoder.embeddings(), Some(&soft))?;
+                let states = decoder.features_of_embedded(&e, kernels)?;
+                self.forward_states(batch, joint, &states, kernels)
+            }
+        }
     }
 
+    /// Scores embedded primes `p` `(b, t_prime, dim)` and continuations `x` `(b, t, dim)`.
     fn forward_embedded(
         &self,
         batch: &DiscriminatorBatch,
+        p: &Tensor,
         x: &Tensor,
         kernels: Kernels,
     ) -> Result<DiscriminatorOutput> {
-        let emb_dtype = self.token_emb.embeddings().dtype();
+        let emb_dtype = x.dtype();
         let pm = key_padding_mask(&batch.prime_mask, emb_dtype)?;
         let cm = key_padding_mask(&batch.continuation_mask, emb_dtype)?;
 
-        let p = self.token_emb.forward(&batch.prime)?;
         let ctx = self
             .prime_encoder
-            .forward(&p, Some(&pm), None, 0, None, kernels)?;
+            .forward(p, Some(&pm), None, 0, None, kernels)?;
         let ctx = self.prime_encoder.final_norm().forward(&ctx, kernels)?;
 
         let h = self
@@ -458,6 +708,16 @@ impl Discriminator {
             bar_embeddings,
             bar_mask: bmask,
         })
+    }
+}
+
+/// The batch's decoder view, which only a batch built for a decoder-reading discriminator has.
+fn joint_of(batch: &DiscriminatorBatch) -> Result<&Joint> {
+    match &batch.joint {
+        Some(j) => Ok(j),
+        None => candle_core::bail!(
+            "this batch was built for a discriminator that reads tokens, not the decoder"
+        ),
     }
 }
 

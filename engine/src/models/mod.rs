@@ -40,7 +40,7 @@ pub use adapter::{Adapter, AdapterConfig};
 pub use blocks::Kernels;
 pub use decoder::{Decoder, DecoderConfig};
 pub use discriminator::{
-    Discriminator, DiscriminatorBatch, DiscriminatorConfig, DiscriminatorOutput,
+    Discriminator, DiscriminatorBatch, DiscriminatorConfig, DiscriminatorInput, DiscriminatorOutput,
 };
 pub use error::{Error, ModelConfigError, Result};
 pub use kv_cache::KvCache;

@@ -452,13 +452,14 @@ impl Model {
                 });
             }
         }
-        let specs = Discriminator::tensor_specs(self.config.num_tokens, &cfg);
+        let specs =
+            Discriminator::tensor_specs(self.config.num_tokens, self.config.decoder.dim, &cfg);
         // The discriminator trains: never quantized.
         let dtype = opts.precision.dtype();
         let dev = &opts.device;
         let tensors = load_checked(file, &specs, dtype, dev)?;
         let vb = VarBuilder::from_tensors(tensors, dtype, dev);
-        self.discriminator = Some(Discriminator::new(self.config.num_tokens, &cfg, vb)?);
+        self.discriminator = Some(Discriminator::with_decoder(&self.decoder, &cfg, vb)?);
         Ok(())
     }
 

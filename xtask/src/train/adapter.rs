@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use engine::models::{LoadOptions, Model};
+use engine::models::{DiscriminatorInput, LoadOptions, Model};
 use engine::training::scst::{
     self, companion_discriminator, Baseline, EvalReport, PairSet, PhaseSwitch, Scst, ScstConfig,
     StepReport,
@@ -47,6 +47,10 @@ pub struct AdapterArgs {
     /// prime's other samples.
     #[arg(long, value_enum, default_value_t = BaselineArg::Others)]
     baseline: BaselineArg,
+    /// What the discriminator reads: its own token embedding, or the frozen decoder's hidden
+    /// states (learns prime/continuation coherence faster; costs a decoder pass per pair).
+    #[arg(long, value_enum, default_value_t = CriticReads::Tokens)]
+    critic_reads: CriticReads,
     /// Samples per prime.
     #[arg(long, default_value_t = 4)]
     samples: usize,
@@ -114,6 +118,12 @@ pub struct AdapterArgs {
 enum BaselineArg {
     Greedy,
     Others,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum CriticReads {
+    Tokens,
+    Decoder,
 }
 
 /// `adapters/NAME.safetensors` → `adapters/NAME.run`.
@@ -185,6 +195,10 @@ pub fn adapter(args: AdapterArgs) -> Result<()> {
         cfg.baseline = match args.baseline {
             BaselineArg::Greedy => Baseline::Greedy,
             BaselineArg::Others => Baseline::Others,
+        };
+        cfg.discriminator.input = match args.critic_reads {
+            CriticReads::Tokens => DiscriminatorInput::Tokens,
+            CriticReads::Decoder => DiscriminatorInput::Decoder,
         };
         cfg.samples = args.samples;
         cfg.kl = args.kl;

@@ -157,6 +157,7 @@ impl ScstConfig {
             .unwrap_or_else(DiscriminatorConfig::small);
         discriminator.bar_token_id = tok.bar_id();
         discriminator.pad_token_id = tok.pad_id();
+        discriminator.bos_token_id = tok.bos_id();
         Self {
             model_dir: model_dir.to_path_buf(),
             decoder: d.clone(),

@@ -599,12 +599,13 @@ fn train_discriminator(
     let cfg = DiscriminatorConfig {
         bar_token_id: tok.bar_id(),
         pad_token_id: tok.pad_id(),
+        bos_token_id: tok.bos_id(),
         ..cfg
     };
     let map = VarMap::new();
     let dev = Device::Cpu;
-    let d = Discriminator::new(
-        tok.vocab_size(),
+    let d = Discriminator::with_decoder(
+        &pretrained().decoder,
         &cfg,
         VarBuilder::from_varmap(&map, DType::F32, &dev),
     )

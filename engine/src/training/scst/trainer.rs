@@ -334,8 +334,8 @@ impl Scst {
             }
         };
         let disc_map = VarMap::new();
-        let discriminator = Discriminator::new(
-            cfg.num_tokens,
+        let discriminator = Discriminator::with_decoder(
+            &model.decoder,
             &cfg.discriminator,
             VarBuilder::from_varmap(&disc_map, DType::F32, &device),
         )?;
