@@ -80,6 +80,23 @@ struct Line<'a> {
     color: RGBColor,
 }
 
+/// The right-hand corner (top, middle or bottom third) where the fewest points of the
+/// right half lie, so the legend hides as little of the latest steps as it can.
+fn legend_position(lines: &[Line<'_>], max_step: f64, lo: f64, hi: f64) -> SeriesLabelPosition {
+    let mut thirds = [0usize; 3];
+    for &(x, y) in lines.iter().flat_map(|l| l.data.iter()) {
+        if x >= max_step / 2.0 && hi > lo {
+            let third = (((y - lo) / (hi - lo)) * 3.0).clamp(0.0, 2.0) as usize;
+            thirds[third] += 1;
+        }
+    }
+    match (0..3).min_by_key(|&i| (thirds[i], i == 0)) {
+        Some(0) => SeriesLabelPosition::LowerRight,
+        Some(2) => SeriesLabelPosition::UpperRight,
+        _ => SeriesLabelPosition::MiddleRight,
+    }
+}
+
 fn panel(
     area: &DrawingArea<BitMapBackend<'_>, Shift>,
     title: &str,
@@ -133,6 +150,7 @@ fn panel(
     }
     chart
         .configure_series_labels()
+        .position(legend_position(lines, max_step, lo, hi))
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
@@ -166,16 +184,18 @@ pub fn draw(text: &str, metrics_path: &Path, run: &Path, out: &Path) -> Result<(
         &top,
         &format!("{}: rewards and discriminator accuracy", run.display()),
         max_step,
+        // The baseline first, so the reward is drawn over it: with the `others` baseline
+        // their means per step are equal and the reward would otherwise be hidden.
         &[
-            Line {
-                label: "reward (samples' P(real))",
-                data: &m.reward,
-                color: BLUE,
-            },
             Line {
                 label: "baseline's P(real)",
                 data: &m.baseline,
                 color: RGBColor(120, 160, 230),
+            },
+            Line {
+                label: "reward (samples' P(real))",
+                data: &m.reward,
+                color: BLUE,
             },
             Line {
                 label: "held-out accuracy (smoothed)",
@@ -237,4 +257,38 @@ pub fn draw(text: &str, metrics_path: &Path, run: &Path, out: &Path) -> Result<(
     )?;
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn legend_for(data: &[(f64, f64)]) -> SeriesLabelPosition {
+        let line = Line {
+            label: "x",
+            data,
+            color: BLUE,
+        };
+        legend_position(&[line], 10.0, 0.0, 1.0)
+    }
+
+    #[test]
+    fn the_legend_goes_where_the_latest_steps_leave_room() {
+        let middle: Vec<(f64, f64)> = (0..=10).map(|s| (f64::from(s), 0.5)).collect();
+        let top: Vec<(f64, f64)> = (0..=10).map(|s| (f64::from(s), 0.95)).collect();
+        // Points in the left half do not count.
+        let early_low_late_middle: Vec<(f64, f64)> = (0..=10)
+            .map(|s| (f64::from(s), if s < 5 { 0.1 } else { 0.5 }))
+            .collect();
+        assert!(matches!(
+            legend_for(&middle),
+            SeriesLabelPosition::UpperRight
+        ));
+        assert!(matches!(legend_for(&top), SeriesLabelPosition::MiddleRight));
+        assert!(matches!(
+            legend_for(&early_low_late_middle),
+            SeriesLabelPosition::UpperRight
+        ));
+        assert!(matches!(legend_for(&[]), SeriesLabelPosition::MiddleRight));
+    }
 }
