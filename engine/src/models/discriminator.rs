@@ -577,37 +577,7 @@ impl Discriminator {
         batch: &DiscriminatorBatch,
         kernels: Kernels,
     ) -> Result<DiscriminatorOutput> {
-        match &self.reads {
-            Reads::Tokens(emb) => {
-                let p = emb.forward(&batch.prime)?;
-                let x = emb.forward(&batch.continuation)?;
-                self.forward_embedded(batch, &p, &x, kernels)
-            }
-            Reads::Decoder { decoder, .. } => {
-                // Ids carry no gradient, so nothing flows back into the frozen decoder.
-                let joint = joint_of(batch)?;
-                let e = joint.embed(decoder.embeddings(), None)?;
-                let states = decoder.features_of_embedded(&e, kernels)?;
-                self.forward_states(batch, joint, &states, kernels)
-            }
-        }
-    }
-
-    /// Projects the decoder's joint states and scores them.
-    fn forward_states(
-        &self,
-        batch: &DiscriminatorBatch,
-        joint: &Joint,
-        states: &Tensor,
-        kernels: Kernels,
-    ) -> Result<DiscriminatorOutput> {
-        let Reads::Decoder { proj_in, .. } = &self.reads else {
-            candle_core::bail!("only a discriminator that reads the decoder has decoder states");
-        };
-        let (p, x) = joint.split(states, batch.prime.dim(1)?, batch.continuation.dim(1)?)?;
-        let p = proj_in.forward(&p, kernels)?;
-        let x = proj_in.forward(&x, kernels)?;
-        self.forward_embedded(batch, &p, &x, kernels)
+        self.score(batch, None, kernels)
     }
 
     /// Scores a batch whose continuation tokens are given as weights over the vocabulary,
@@ -622,20 +592,41 @@ impl Discriminator {
         weights: &Tensor,
         kernels: Kernels,
     ) -> Result<DiscriminatorOutput> {
+        self.score(batch, Some(weights), kernels)
+    }
+
+    /// Embeds the batch as the discriminator reads it (the continuation from its ids, or from
+    /// `weights` over the vocabulary when given) and scores it.
+    fn score(
+        &self,
+        batch: &DiscriminatorBatch,
+        weights: Option<&Tensor>,
+        kernels: Kernels,
+    ) -> Result<DiscriminatorOutput> {
         match &self.reads {
             Reads::Tokens(emb) => {
                 let p = emb.forward(&batch.prime)?;
-                let x = weights.broadcast_matmul(emb.embeddings())?;
+                let x = match weights {
+                    None => emb.forward(&batch.continuation)?,
+                    Some(w) => w.broadcast_matmul(emb.embeddings())?,
+                };
                 self.forward_embedded(batch, &p, &x, kernels)
             }
-            Reads::Decoder { decoder, .. } => {
-                // The weighted embeddings go through the decoder with its differentiable
-                // kernels, so the gradient reaches the weights.
+            Reads::Decoder { decoder, proj_in } => {
+                // Ids carry no gradient, so nothing flows back into the frozen decoder; weighted
+                // embeddings go through it with its differentiable kernels, so the gradient
+                // reaches the weights.
                 let joint = joint_of(batch)?;
-                let soft = weights.broadcast_matmul(decoder.embeddings())?;
-                let e = joint.embed(decoder.embeddings(), Some(&soft))?;
+                let soft = weights
+                    .map(|w| w.broadcast_matmul(decoder.embeddings()))
+                    .transpose()?;
+                let e = joint.embed(decoder.embeddings(), soft.as_ref())?;
                 let states = decoder.features_of_embedded(&e, kernels)?;
-                self.forward_states(batch, joint, &states, kernels)
+                let (p, x) =
+                    joint.split(&states, batch.prime.dim(1)?, batch.continuation.dim(1)?)?;
+                let p = proj_in.forward(&p, kernels)?;
+                let x = proj_in.forward(&x, kernels)?;
+                self.forward_embedded(batch, &p, &x, kernels)
             }
         }
     }
