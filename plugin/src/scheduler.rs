@@ -42,7 +42,9 @@ pub fn playback_channel() -> (Producer<ScheduledNote>, Consumer<ScheduledNote>) 
 /// The audio thread's playback state.
 pub struct Scheduler {
     incoming: Consumer<ScheduledNote>,
-    /// Notes taken off the ring buffer whose onset is still ahead. Preallocated, never grown.
+    /// Notes taken off the ring buffer whose onset is still ahead, in onset order: a key struck
+    /// twice in one block is released by its second note, and that release must come after the
+    /// first note's NoteOn, not before it. Preallocated, never grown.
     pending: Vec<ScheduledNote>,
     sounding: SoundingNotes,
     /// The take whose notes are being played; a change means a new take started or the current
@@ -98,11 +100,8 @@ impl Scheduler {
         self.follow_active_take(out);
         self.receive(out);
 
-        // Started in onset order: a key struck twice in one block is released by its second
-        // note, and that release must come after the first note's NoteOn, not before it. In
-        // place and without allocating; the notes due in this block are then a prefix.
-        self.pending
-            .sort_unstable_by(|a, b| a.onset.0.total_cmp(&b.onset.0));
+        // `pending` is in onset order, so the notes due in this block are a prefix and are
+        // started in time order.
         let len = i64::from(clock.len());
         let mut due = 0;
         for note in &self.pending {
@@ -152,7 +151,12 @@ impl Scheduler {
                 self.follow_active_take(out);
             }
             if note.take == self.playing_take && note.take != NO_TAKE {
-                self.pending.push(note);
+                // Notes arrive in onset order as the model writes them, so this is almost
+                // always the end; within capacity, so it never allocates.
+                let at = self
+                    .pending
+                    .partition_point(|p| p.onset.0.total_cmp(&note.onset.0).is_le());
+                self.pending.insert(at, note);
             } // else: from a cancelled or replaced take
         }
     }
